@@ -1,0 +1,187 @@
+//! `sockloop`: the command-line shell over the library.
+//!
+//! Exit codes: 0 after a clean shutdown, 1 when the server cannot start (an address
+//! cannot be bound) or fails while running, 2 for a bad command line.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use log::{error, info};
+
+use sockloop::services::{DEFAULT_MAX_LINE, Mode, Modes};
+use sockloop::{Builder, Url, sys};
+
+/// An event-loop echo / line server on raw readiness polling.
+#[derive(Parser, Debug)]
+#[command(name = "sockloop", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+/// The listener used when no `--listen` is given.
+const DEFAULT_LISTEN: &str = "tcp://127.0.0.1:5001";
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on, repeatable: tcp://HOST:PORT (IPv6 as [::1]:PORT); port 0
+    /// picks a free port. `?mode=MODE` overrides --mode for this listener.
+    #[arg(long = "listen", value_name = "URL", value_parser = parse_listen_url)]
+    listen: Vec<Url>,
+
+    /// The service: echo (RFC 862) or line (echo each complete line).
+    #[arg(long, value_name = "MODE", default_value = "echo", value_parser = parse_mode)]
+    mode: Mode,
+
+    /// Most concurrent stream connections; past it a new one is accepted and closed at
+    /// once (line mode first sends `ERR server full`). Default: the descriptor limit
+    /// less 32.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_conns: Option<u64>,
+
+    /// Longest line in line mode, terminator included.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_line: u64,
+
+    /// Close a connection with no traffic either way for this long; 0 = never.
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    idle_timeout: Duration,
+
+    /// A connection whose unsent output passes this is a slow consumer and is closed.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_outbuf: u64,
+
+    /// On SIGINT/SIGTERM, wait at most this long for connections to drain.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    shutdown_timeout: Duration,
+}
+
+/// Query keys a listener URL may carry.
+const LISTEN_PARAMS: &[&str] = &["mode"];
+
+fn parse_listen_url(s: &str) -> Result<Url, String> {
+    let url: Url = s.parse().map_err(|e| format!("{e}"))?;
+    for (k, v) in &url.query {
+        if !LISTEN_PARAMS.contains(&k.as_str()) {
+            return Err(format!(
+                "unknown parameter '{k}' in '{s}' (known: {})",
+                LISTEN_PARAMS.join(", ")
+            ));
+        }
+        if k == "mode" {
+            v.parse::<Mode>()?;
+        }
+    }
+    if !url.endpoint.is_stream() || url.endpoint.path().is_some() {
+        return Err(format!(
+            "'{s}': only tcp:// listeners are served by this version"
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is not a valid duration"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let nofile = match sys::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            error!("cannot read the descriptor limit: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listen = if args.listen.is_empty() {
+        vec![
+            DEFAULT_LISTEN
+                .parse::<Url>()
+                .expect("the default listen URL parses"),
+        ]
+    } else {
+        args.listen
+    };
+    let mut service = Modes::new(args.mode).max_line(args.max_line as usize);
+    let mut builder = Builder::new()
+        .idle_timeout(args.idle_timeout)
+        .max_outbuf(args.max_outbuf as usize)
+        .shutdown_timeout(args.shutdown_timeout)
+        .handle_signals(true)
+        .max_conns(
+            args.max_conns
+                .map(|n| n as usize)
+                .unwrap_or_else(|| sys::default_max_conns(nofile)),
+        );
+    for (i, url) in listen.iter().enumerate() {
+        if let Some(mode) = url.param("mode") {
+            match mode.parse() {
+                Ok(m) => service = service.set(i, m),
+                Err(e) => {
+                    eprintln!("sockloop: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        builder = builder.listen(url.endpoint.clone());
+    }
+
+    let mut server = match builder.build(service) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(1);
+        }
+    };
+
+    // The ready lines: one per --listen, in order, with the real bound address.
+    let mut out = io::stdout().lock();
+    for ep in server.local_addrs() {
+        let _ = writeln!(out, "listening {ep}");
+    }
+    if let Err(e) = out.flush() {
+        error!("cannot write the ready lines to stdout: {e}");
+    }
+    drop(out);
+    info!(
+        "serving {} on {} listener(s), at most {} connections (descriptor limit {nofile})",
+        args.mode,
+        listen.len(),
+        server.max_conns(),
+    );
+
+    match server.run() {
+        Ok(stats) => {
+            info!("stats {stats}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("event loop failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

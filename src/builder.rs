@@ -1,0 +1,156 @@
+//! Building an [`EventLoop`]: which addresses to listen on and the limits to keep.
+
+use std::io;
+use std::time::Duration;
+
+use crate::endpoint::Endpoint;
+use crate::event_loop::EventLoop;
+use crate::listener::{BindOptions, Listener};
+use crate::service::Service;
+use crate::sys;
+
+/// The loop's limits and tunables. [`Config::default`] holds the binary's defaults.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// Most stream connections open at once; past it a new connection is accepted and
+    /// closed at once (after the service's [`reject_message`](Service::reject_message)).
+    /// `None`: the descriptor limit less some headroom, read when the loop is built.
+    pub max_conns: Option<usize>,
+    /// Close a stream connection with no traffic either way for this long. `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// A connection whose unsent output passes this many bytes is a slow consumer and
+    /// is closed.
+    pub max_outbuf: usize,
+    /// Stop reading a connection while its unsent output is at least this many bytes.
+    pub high_water: usize,
+    /// Resume reading once its unsent output has drained to at most this many bytes.
+    pub low_water: usize,
+    /// Reads per connection per turn before it yields to the others.
+    pub read_budget: u32,
+    /// Accepts per listener per turn.
+    pub accept_budget: u32,
+    /// How long a closing connection discards input waiting for the peer to close.
+    pub linger: Duration,
+    /// How long a graceful shutdown waits for connections to drain.
+    pub shutdown_timeout: Duration,
+    /// Handle SIGINT/SIGTERM (graceful shutdown; a second one stops at once) and
+    /// SIGUSR1 (log the counters) inside the loop. Off by default: signals belong to
+    /// the program, which may want them for itself.
+    pub handle_signals: bool,
+    /// Bind with `SO_REUSEPORT`, so other loops can bind the same addresses.
+    pub reuse_port: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_conns: None,
+            idle_timeout: None,
+            max_outbuf: 4 * 1024 * 1024,
+            high_water: 256 * 1024,
+            low_water: 64 * 1024,
+            read_budget: 16,
+            accept_budget: 256,
+            linger: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(5),
+            handle_signals: false,
+            reuse_port: false,
+        }
+    }
+}
+
+/// Collects listener addresses and a [`Config`], then binds and makes an [`EventLoop`].
+///
+/// ```no_run
+/// use sockloop::{Builder, services::Echo};
+///
+/// let mut server = Builder::new()
+///     .listen("tcp://127.0.0.1:0".parse()?)
+///     .build(Echo)?;
+/// println!("listening {}", server.local_addrs()[0]);
+/// server.run()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    listen: Vec<Endpoint>,
+    config: Config,
+}
+
+impl Builder {
+    /// No listeners yet, default limits.
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// Adds a listener. Listeners are numbered from 0 in the order they are added; a
+    /// service sees the number through [`Context::listener`](crate::Context::listener).
+    pub fn listen(mut self, endpoint: Endpoint) -> Self {
+        self.listen.push(endpoint);
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets [`Config::max_conns`].
+    pub fn max_conns(mut self, n: usize) -> Self {
+        self.config.max_conns = Some(n);
+        self
+    }
+
+    /// Sets [`Config::idle_timeout`]; zero means never.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.idle_timeout = (!d.is_zero()).then_some(d);
+        self
+    }
+
+    /// Sets [`Config::max_outbuf`].
+    pub fn max_outbuf(mut self, bytes: usize) -> Self {
+        self.config.max_outbuf = bytes;
+        self
+    }
+
+    /// Sets [`Config::shutdown_timeout`].
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.config.shutdown_timeout = d;
+        self
+    }
+
+    /// Sets [`Config::handle_signals`].
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.config.handle_signals = on;
+        self
+    }
+
+    /// Binds every listener and makes the loop. Nothing is served until it runs.
+    ///
+    /// Errors name the address that failed (`cannot bind tcp://127.0.0.1:5001: Address
+    /// already in use`); listeners bound before the failure are closed again.
+    pub fn build<S: Service>(self, service: S) -> io::Result<EventLoop<S>> {
+        if self.listen.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no listener given",
+            ));
+        }
+        let opts = BindOptions {
+            reuse_port: self.config.reuse_port,
+        };
+        let mut listeners = Vec::with_capacity(self.listen.len());
+        for ep in &self.listen {
+            let l = Listener::bind(ep, opts)?;
+            let local = l.local_endpoint(ep)?;
+            listeners.push((l, local));
+        }
+        let max_conns = match self.config.max_conns {
+            Some(n) => n,
+            None => sys::default_max_conns(sys::nofile_limit()?),
+        };
+        EventLoop::new(listeners, service, self.config, max_conns)
+    }
+}

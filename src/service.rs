@@ -1,0 +1,218 @@
+//! The boundary between the loop and a protocol.
+//!
+//! The loop owns the sockets and calls a [`Service`] with the bytes it has read; the
+//! service answers through a [`Context`], which writes with `sendall` semantics without
+//! ever blocking. A service never sees a socket, a token or a readiness event, so the
+//! same service runs unchanged over TCP, Unix sockets or TLS.
+
+use std::fmt;
+use std::io;
+
+use log::debug;
+use slab::Slab;
+
+use crate::conn::{Conn, Phase};
+use crate::stats::Stats;
+use crate::timer::{Deadlines, TIMER_KINDS, Timer};
+use crate::transport::PeerAddr;
+
+/// Identifies one stream connection for the life of its loop.
+///
+/// It pairs the connection's slot in the loop's slab with its accept sequence number, so
+/// an id kept after its connection closed never names the connection that reuses the
+/// slot. `Display` shows the sequence number (`7`), which is what chat prints as `<7>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub(crate) seq: u32,
+    pub(crate) key: u32,
+}
+
+impl ConnId {
+    /// The accept sequence number: 1 for the loop's first connection, then counting up.
+    pub fn seq(&self) -> u32 {
+        self.seq
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.seq)
+    }
+}
+
+/// A protocol served by the loop: echo, line, or one of your own.
+///
+/// The loop calls these methods on its own thread, one at a time. Each stream
+/// connection gets a value of [`Service::Conn`] from [`open`](Service::open), which the
+/// loop stores and hands back to every later call for that connection, and finally to
+/// [`close`](Service::close).
+///
+/// # Contract
+/// - `data` receives bytes in the order the peer sent them, in chunks of any size: a
+///   message may be split across calls or several may arrive in one. Keep whatever you
+///   cannot use yet (an unterminated line) in your `Conn`, and keep it small: an idle
+///   connection should own no buffers.
+/// - Writes through the [`Context`] never block and are never lost: what the socket does
+///   not take at once is queued and written when it can. While a connection's queued
+///   output is above the loop's high-water mark the loop stops reading from it
+///   (backpressure), so a service that only answers what it reads needs no flow control.
+/// - `eof` is called once when no more input will come: the peer shut down its sending
+///   side, or the server is shutting down. What you write in it is still delivered.
+/// - After [`Context::close`] no more `data` arrives for that connection.
+pub trait Service {
+    /// Per-connection state.
+    type Conn;
+
+    /// A connection was accepted. Returns its state; may already write a greeting.
+    fn open(&mut self, ctx: &mut Context<'_>) -> Self::Conn;
+
+    /// Bytes arrived on a connection.
+    fn data(&mut self, conn: &mut Self::Conn, data: &[u8], ctx: &mut Context<'_>);
+
+    /// No more input will arrive on this connection (see the trait docs).
+    fn eof(&mut self, conn: &mut Self::Conn, ctx: &mut Context<'_>) {
+        let _ = (conn, ctx);
+    }
+
+    /// The connection is gone; its state is handed back for any cleanup.
+    fn close(&mut self, conn: Self::Conn, id: ConnId) {
+        let _ = (conn, id);
+    }
+
+    /// The bytes sent to a connection refused because the server is full
+    /// (`--max-conns`), before it is closed. Empty (the default) sends nothing.
+    fn reject_message(&self, listener: usize) -> &[u8] {
+        let _ = listener;
+        &[]
+    }
+}
+
+/// What a service callback can do to the connection it was called for.
+pub struct Context<'a> {
+    pub(crate) conns: &'a mut Slab<Conn>,
+    pub(crate) timers: &'a mut [Deadlines; TIMER_KINDS],
+    pub(crate) key: usize,
+    pub(crate) stats: &'a mut Stats,
+    pub(crate) now_ms: u64,
+    pub(crate) max_outbuf: usize,
+}
+
+impl Context<'_> {
+    fn conn(&self) -> &Conn {
+        &self.conns[self.key]
+    }
+
+    /// This connection's id.
+    pub fn id(&self) -> ConnId {
+        let c = self.conn();
+        ConnId {
+            seq: c.seq,
+            key: self.key as u32,
+        }
+    }
+
+    /// The index of the listener that accepted this connection, in the order the
+    /// listeners were given to the [`Builder`](crate::Builder).
+    pub fn listener(&self) -> usize {
+        self.conn().listener as usize
+    }
+
+    /// The peer's address (asks the kernel: a `getpeername` call).
+    pub fn peer_addr(&self) -> io::Result<PeerAddr> {
+        self.conn().stream.peer_addr()
+    }
+
+    /// Bytes written by this connection's service but not yet taken by the socket.
+    pub fn queued(&self) -> usize {
+        self.conn().out.len()
+    }
+
+    /// True once the connection is finishing: after [`close`](Self::close), on a
+    /// socket error, or during server shutdown. Writes are then ignored or only flushed.
+    pub fn is_closing(&self) -> bool {
+        self.conn().phase != Phase::Open
+    }
+
+    /// Sends bytes to the peer with `sendall` semantics: all of them, in order, without
+    /// blocking (see [`Service`]).
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.write_vectored(&[bytes]);
+    }
+
+    /// Sends several slices as if concatenated, in one `writev` when nothing is queued.
+    pub fn write_vectored(&mut self, parts: &[&[u8]]) {
+        let key = self.key;
+        let conn = &mut self.conns[key];
+        if !matches!(conn.phase, Phase::Open | Phase::Closing) {
+            return;
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            return;
+        }
+        let before = conn.out.len();
+        // Skip empty parts so that a single real slice becomes a plain write().
+        let mut inline: [&[u8]; 4] = [&[]; 4];
+        let mut n = 0;
+        let parts: &[&[u8]] = if parts.len() <= inline.len() {
+            for p in parts.iter().filter(|p| !p.is_empty()) {
+                inline[n] = p;
+                n += 1;
+            }
+            &inline[..n]
+        } else {
+            parts
+        };
+        match conn.send(parts, self.stats) {
+            Ok(()) => {
+                let queued = conn.out.len();
+                if queued > self.max_outbuf {
+                    self.stats.slow_consumers += 1;
+                    debug!(
+                        "conn {}: {queued} bytes unsent, over the {} byte limit: slow consumer, closing",
+                        conn.seq, self.max_outbuf
+                    );
+                    conn.out.clear();
+                    conn.phase = Phase::Dead;
+                } else if total + before > queued {
+                    touch(self.conns, self.timers, key, self.now_ms);
+                }
+            }
+            Err(e) => {
+                self.stats.conn_errors += 1;
+                debug!("conn {}: write: {e}", conn.seq);
+                conn.phase = Phase::Dead;
+            }
+        }
+    }
+
+    /// Finishes the connection: no more input is delivered, what was written is still
+    /// sent, then the server shuts down its sending side and closes.
+    pub fn close(&mut self) {
+        let conn = &mut self.conns[self.key];
+        if conn.phase == Phase::Open {
+            conn.phase = Phase::Closing;
+        }
+    }
+}
+
+/// How stale an idle-timer stamp may get before traffic moves the connection to the
+/// tail of the idle list. Touching at most this often keeps list surgery off the
+/// per-message path; the idle deadline is lengthened by the same amount, so a
+/// connection is never closed before it has been idle for the full timeout.
+pub(crate) const TOUCH_GRANULARITY_MS: u64 = 100;
+
+/// Records traffic on a connection for its idle timer.
+pub(crate) fn touch(
+    conns: &mut Slab<Conn>,
+    timers: &mut [Deadlines; TIMER_KINDS],
+    key: usize,
+    now_ms: u64,
+) {
+    let links = &conns[key].links;
+    if links.on() == Some(Timer::Idle) && now_ms >= links.stamp + TOUCH_GRANULARITY_MS {
+        let idle = &mut timers[Timer::Idle as usize];
+        idle.unlink(key, conns);
+        idle.push(Timer::Idle, key, now_ms, conns);
+    }
+}

@@ -1,0 +1,123 @@
+//! Line mode: input is split on `\n` and each complete line is written back unchanged,
+//! terminator included (`\r\n` stays `\r\n`).
+//!
+//! A line longer than the limit (terminator included) gets `ERR line too long\n` and the
+//! connection is closed once that is sent; an unterminated tail at EOF is written back
+//! as it is. The only memory a connection holds is its unterminated line, at most the
+//! limit, and none at all between lines.
+
+use crate::service::{Context, Service};
+
+/// The reply to a line over the limit, before the connection is closed.
+pub const TOO_LONG: &[u8] = b"ERR line too long\n";
+
+/// The reply to a connection refused because the server is full.
+pub const SERVER_FULL: &[u8] = b"ERR server full\n";
+
+/// The line service.
+#[derive(Clone, Copy, Debug)]
+pub struct Line {
+    max_line: usize,
+}
+
+impl Line {
+    /// Lines longer than `max_line` bytes, terminator included, are refused.
+    pub fn new(max_line: usize) -> Self {
+        Line {
+            max_line: max_line.max(1),
+        }
+    }
+
+    /// The longest line accepted, terminator included.
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+}
+
+/// A line's worth of bytes waiting for its `\n`; empty (and unallocated) between lines.
+pub type Partial = Vec<u8>;
+
+impl Service for Line {
+    type Conn = Partial;
+
+    fn open(&mut self, _ctx: &mut Context<'_>) -> Partial {
+        Vec::new()
+    }
+
+    fn data(&mut self, partial: &mut Partial, data: &[u8], ctx: &mut Context<'_>) {
+        let max = self.max_line;
+        let mut rest = data;
+        if !partial.is_empty() {
+            // Complete the line begun in an earlier read.
+            match find_newline(rest) {
+                Some(i) if partial.len() + i < max => {
+                    partial.extend_from_slice(&rest[..=i]);
+                    rest = &rest[i + 1..];
+                }
+                None if partial.len() + rest.len() <= max => {
+                    partial.extend_from_slice(rest);
+                    return;
+                }
+                _ => return too_long(partial, ctx),
+            }
+        }
+        let (complete, over) = complete_lines(rest, max);
+        // The completed partial line and the run of whole lines after it go out in one
+        // write (a writev when both are there).
+        ctx.write_vectored(&[partial, &rest[..complete]]);
+        if over {
+            return too_long(partial, ctx);
+        }
+        *partial = rest[complete..].to_vec();
+    }
+
+    fn eof(&mut self, partial: &mut Partial, ctx: &mut Context<'_>) {
+        if !partial.is_empty() {
+            ctx.write(partial);
+            *partial = Vec::new();
+        }
+    }
+
+    fn reject_message(&self, _listener: usize) -> &[u8] {
+        SERVER_FULL
+    }
+}
+
+fn too_long(partial: &mut Partial, ctx: &mut Context<'_>) {
+    *partial = Vec::new();
+    ctx.write(TOO_LONG);
+    ctx.close();
+}
+
+fn find_newline(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&b| b == b'\n')
+}
+
+/// The length of the longest prefix of `buf` made of whole lines of at most `max` bytes,
+/// and whether what follows it is already over the limit (a longer line, or an
+/// unterminated tail longer than `max`).
+fn complete_lines(buf: &[u8], max: usize) -> (usize, bool) {
+    let mut end = 0;
+    while let Some(i) = find_newline(&buf[end..]) {
+        if i + 1 > max {
+            return (end, true);
+        }
+        end += i + 1;
+    }
+    (end, buf.len() - end > max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn complete_lines_stops_at_the_first_long_line() {
+        assert_eq!(complete_lines(b"a\nbb\nc", 3), (5, false));
+        assert_eq!(complete_lines(b"a\nbbbb\nc\n", 3), (2, true));
+        assert_eq!(complete_lines(b"a\nbbbb", 3), (2, true));
+        assert_eq!(complete_lines(b"abc", 3), (0, false));
+        assert_eq!(complete_lines(b"ab\n", 3), (3, false));
+        assert_eq!(complete_lines(b"abc\n", 3), (0, true));
+    }
+}

@@ -1,0 +1,148 @@
+//! The built-in services, and [`Modes`], which picks one per listener.
+//!
+//! Each service is an ordinary [`Service`] implementation with no access to the loop
+//! beyond its [`Context`]: the same trait a program embedding the loop implements.
+
+mod echo;
+mod line;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use echo::Echo;
+pub use line::{Line, Partial, SERVER_FULL, TOO_LONG};
+
+use crate::service::{ConnId, Context, Service};
+
+/// The line length limit used when none is given (`--max-line`), terminator included.
+pub const DEFAULT_MAX_LINE: usize = 8192;
+
+/// A built-in service, as named on the command line (`--mode`, `?mode=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Mode {
+    /// RFC 862 echo.
+    Echo,
+    /// Line echo with a length limit.
+    Line,
+}
+
+impl Mode {
+    /// Every mode, in the order the command line lists them.
+    pub const ALL: &'static [Mode] = &[Mode::Echo, Mode::Line];
+
+    /// The mode's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Line => "line",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mode::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown mode '{s}' (expected {})", names.join(", "))
+            })
+    }
+}
+
+/// Serves each listener with its own built-in mode: what `sockloop serve` runs.
+#[derive(Clone, Debug)]
+pub struct Modes {
+    default: Mode,
+    per_listener: Vec<Option<Mode>>,
+    line: Line,
+}
+
+/// The state of one connection under [`Modes`].
+#[derive(Debug)]
+pub enum ModeConn {
+    /// An echo connection (no state).
+    Echo,
+    /// A line connection and its unterminated line.
+    Line(Partial),
+}
+
+impl Modes {
+    /// Every listener runs `default` unless [`set`](Self::set) says otherwise.
+    pub fn new(default: Mode) -> Self {
+        Modes {
+            default,
+            per_listener: Vec::new(),
+            line: Line::new(DEFAULT_MAX_LINE),
+        }
+    }
+
+    /// Runs `mode` on the listener with this index.
+    pub fn set(mut self, listener: usize, mode: Mode) -> Self {
+        if self.per_listener.len() <= listener {
+            self.per_listener.resize(listener + 1, None);
+        }
+        self.per_listener[listener] = Some(mode);
+        self
+    }
+
+    /// The line limit for line mode, terminator included.
+    pub fn max_line(mut self, max_line: usize) -> Self {
+        self.line = Line::new(max_line);
+        self
+    }
+
+    /// The mode that serves a listener.
+    pub fn mode(&self, listener: usize) -> Mode {
+        self.per_listener
+            .get(listener)
+            .copied()
+            .flatten()
+            .unwrap_or(self.default)
+    }
+}
+
+impl Service for Modes {
+    type Conn = ModeConn;
+
+    fn open(&mut self, ctx: &mut Context<'_>) -> ModeConn {
+        match self.mode(ctx.listener()) {
+            Mode::Echo => ModeConn::Echo,
+            Mode::Line => ModeConn::Line(self.line.open(ctx)),
+        }
+    }
+
+    fn data(&mut self, conn: &mut ModeConn, data: &[u8], ctx: &mut Context<'_>) {
+        match conn {
+            ModeConn::Echo => Echo.data(&mut (), data, ctx),
+            ModeConn::Line(p) => self.line.data(p, data, ctx),
+        }
+    }
+
+    fn eof(&mut self, conn: &mut ModeConn, ctx: &mut Context<'_>) {
+        match conn {
+            ModeConn::Echo => {}
+            ModeConn::Line(p) => self.line.eof(p, ctx),
+        }
+    }
+
+    fn close(&mut self, _conn: ModeConn, _id: ConnId) {}
+
+    fn reject_message(&self, listener: usize) -> &[u8] {
+        match self.mode(listener) {
+            Mode::Echo => &[],
+            Mode::Line => self.line.reject_message(listener),
+        }
+    }
+}

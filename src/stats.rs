@@ -1,0 +1,127 @@
+//! The loop's counters: what happened inside it, in numbers.
+//!
+//! They are plain integers incremented on the loop's own thread (no atomics on the hot
+//! path). The binary logs them as one `stats key=value ...` line at shutdown and on
+//! SIGUSR1; a program embedding the loop reads them with
+//! [`EventLoop::stats`](crate::EventLoop::stats).
+
+use std::fmt;
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// Counters of one event loop. Every field is a running total except `active`.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Stats {
+            /// Every counter as `(name, value)`, in a fixed order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$( (stringify!($name), self.$name), )*]
+            }
+
+            /// Adds another loop's counters to these (for `--workers`).
+            pub fn add(&mut self, other: &Stats) {
+                $( self.$name += other.$name; )*
+            }
+        }
+    };
+}
+
+counters! {
+    /// Stream connections accepted and served.
+    accepted,
+    /// Stream connections accepted and closed at once (`--max-conns`, descriptor exhaustion).
+    rejected,
+    /// Stream connections closed, for any reason.
+    closed,
+    /// Stream connections open now.
+    active,
+    /// Bytes read from stream sockets and datagrams received.
+    bytes_in,
+    /// Bytes written to stream sockets and datagrams sent.
+    bytes_out,
+    /// `read`/`recv` calls on stream sockets.
+    reads,
+    /// `write`/`send` calls on stream sockets.
+    writes,
+    /// Reads that returned `WouldBlock` (the kernel queue was empty).
+    read_would_block,
+    /// Writes that returned `WouldBlock` (the kernel send buffer was full).
+    write_would_block,
+    /// Writes that took only part of what they were given.
+    short_writes,
+    /// Times a connection stopped being read because its unsent output passed the high-water mark.
+    backpressure_pauses,
+    /// Times a paused connection drained below the low-water mark and was read again.
+    backpressure_resumes,
+    /// Times a connection used its whole read budget in one turn and was put back for the next.
+    budget_yields,
+    /// `poll` calls (turns of the loop).
+    polls,
+    /// Readiness events delivered by `poll`.
+    events,
+    /// Connections closed because they were idle for `--idle-timeout`.
+    idle_timeouts,
+    /// Connections closed because their unsent output passed `--max-outbuf`.
+    slow_consumers,
+    /// Connections ended by a reset, broken pipe or other socket error.
+    conn_errors,
+    /// `accept` calls that failed because the process or system ran out of descriptors.
+    accept_fd_exhausted,
+    /// Datagrams received.
+    datagrams_in,
+    /// Datagrams sent.
+    datagrams_out,
+    /// Datagrams dropped: unsafe source port, full reply queue, or unanswerable sender.
+    datagrams_dropped,
+    /// Errors reported by datagram sockets (ICMP-induced and the like), never fatal.
+    datagram_errors,
+}
+
+impl fmt::Display for Stats {
+    /// `key=value` pairs separated by spaces, the body of the binary's `stats` log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (k, v)) in self.fields().into_iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_snake_case_key_value() {
+        let s = Stats {
+            accepted: 12,
+            datagrams_dropped: 3,
+            ..Stats::default()
+        };
+        let line = s.to_string();
+        assert!(line.starts_with("accepted=12 rejected=0 "), "{line}");
+        assert!(line.contains(" datagrams_dropped=3 "), "{line}");
+        assert!(line.split(' ').all(|kv| kv.split_once('=').is_some()));
+    }
+
+    #[test]
+    fn add_sums_every_field() {
+        let mut a = Stats {
+            reads: 2,
+            ..Stats::default()
+        };
+        a.add(&Stats {
+            reads: 3,
+            writes: 1,
+            ..Stats::default()
+        });
+        assert_eq!((a.reads, a.writes), (5, 1));
+    }
+}
