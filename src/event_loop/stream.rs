@@ -1,0 +1,271 @@
+//! Serving one stream connection: its readiness events, reads into the scratch buffer,
+//! flushes of its queued output, and its way out (see the lifecycle in `conn`).
+
+use std::io::{self, Read};
+
+use log::{debug, trace};
+use mio::event::Event;
+
+use super::{Callback, EventLoop, Reason};
+use crate::conn::Phase;
+use crate::service::{Service, touch};
+use crate::timer::Timer;
+use crate::token::{self};
+
+impl<S: Service> EventLoop<S> {
+    pub(super) fn conn_event(&mut self, key: usize, seq: usize, ev: &Event) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            trace!("event: key {key} is vacant (closed earlier in this batch)");
+            return;
+        };
+        if token::seq_bits(conn.seq) != seq {
+            trace!("event: stale, key {key} now belongs to conn {}", conn.seq);
+            return;
+        }
+        trace!(
+            "event: conn {}{}{}{}{}{}",
+            conn.seq,
+            if ev.is_readable() { " readable" } else { "" },
+            if ev.is_writable() { " writable" } else { "" },
+            if ev.is_read_closed() {
+                " read-closed"
+            } else {
+                ""
+            },
+            if ev.is_write_closed() {
+                " write-closed"
+            } else {
+                ""
+            },
+            if ev.is_error() { " error" } else { "" },
+        );
+        if ev.is_read_closed() {
+            conn.read_closed = true;
+        }
+        if ev.is_error() {
+            let err = match conn.stream.take_error() {
+                Ok(Some(e)) => e,
+                Ok(None) => io::Error::other("error event without a socket error"),
+                Err(e) => e,
+            };
+            self.stats.conn_errors += 1;
+            self.remove(key, Reason::Error(err));
+            return;
+        }
+        if ev.is_writable() {
+            self.on_writable(key);
+        }
+        if ev.is_readable() || ev.is_read_closed() {
+            self.on_readable(key);
+        }
+        self.settle(key);
+    }
+
+    pub(super) fn on_writable(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !matches!(conn.phase, Phase::Open | Phase::Closing) {
+            return;
+        }
+        match conn.flush(&mut self.stats) {
+            Ok(0) => {}
+            Ok(_) => touch(&mut self.conns, &mut self.timers, key, self.now_ms),
+            Err(e) => {
+                self.stats.conn_errors += 1;
+                debug!("conn {}: write: {e}", conn.seq);
+                conn.phase = Phase::Dead;
+                return;
+            }
+        }
+        let conn = &mut self.conns[key];
+        if conn.paused && conn.out.len() <= self.config.low_water {
+            conn.paused = false;
+            self.stats.backpressure_resumes += 1;
+            trace!(
+                "conn {}: resume reading, {} bytes unsent",
+                conn.seq,
+                conn.out.len()
+            );
+            // The readable edge may have come while paused: read now, not on the next one.
+            self.read(key);
+        }
+    }
+
+    pub(super) fn on_readable(&mut self, key: usize) {
+        match self.conns[key].phase {
+            Phase::Open => self.read(key),
+            Phase::Lingering => self.discard_input(key),
+            Phase::Closing | Phase::Dead => {}
+        }
+    }
+
+    /// Reads and hands the bytes to the service, until the kernel queue is empty, the
+    /// budget is used, the connection is paused or it stops being open.
+    pub(super) fn read(&mut self, key: usize) {
+        let mut budget = self.config.read_budget;
+        loop {
+            let conn = &mut self.conns[key];
+            if conn.phase != Phase::Open || conn.peer_eof || conn.paused {
+                return;
+            }
+            if conn.out.len() >= self.config.high_water {
+                conn.paused = true;
+                self.stats.backpressure_pauses += 1;
+                trace!(
+                    "conn {}: pause reading, {} bytes unsent",
+                    conn.seq,
+                    conn.out.len()
+                );
+                return;
+            }
+            if budget == 0 {
+                self.stats.budget_yields += 1;
+                trace!("conn {}: read budget used, continuing next turn", conn.seq);
+                self.defer_conn(key);
+                return;
+            }
+            budget -= 1;
+            let r = conn.stream.read(&mut self.scratch);
+            self.stats.reads += 1;
+            match r {
+                Ok(0) => {
+                    trace!("conn {}: read EOF", conn.seq);
+                    conn.peer_eof = true;
+                    self.callback(key, Callback::Eof);
+                    return;
+                }
+                Ok(n) => {
+                    trace!("conn {}: read {n} bytes", conn.seq);
+                    self.stats.bytes_in += n as u64;
+                    // A short read emptied the kernel queue: the next read would only say
+                    // WouldBlock, and new data raises a new edge. Unless the peer's FIN
+                    // is already known to be queued: then read on to see it.
+                    let drained = n < self.scratch.len() && !conn.read_closed;
+                    touch(&mut self.conns, &mut self.timers, key, self.now_ms);
+                    self.callback(key, Callback::Data(n));
+                    if drained {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stats.read_would_block += 1;
+                    trace!("conn {}: read would block", conn.seq);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.stats.conn_errors += 1;
+                    debug!("conn {}: read: {e}", conn.seq);
+                    conn.phase = Phase::Dead;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// While lingering: reads and drops input until EOF, so that the final close does
+    /// not find unread data (which would make the kernel send a reset).
+    pub(super) fn discard_input(&mut self, key: usize) {
+        let mut budget = self.config.read_budget;
+        loop {
+            let conn = &mut self.conns[key];
+            if budget == 0 {
+                self.defer_conn(key);
+                return;
+            }
+            budget -= 1;
+            let r = conn.stream.read(&mut self.scratch);
+            self.stats.reads += 1;
+            match r {
+                Ok(0) => {
+                    conn.peer_eof = true;
+                    return;
+                }
+                Ok(n) => {
+                    self.stats.bytes_in += n as u64;
+                    trace!("conn {}: lingering, discarded {n} bytes", conn.seq);
+                    if n < self.scratch.len() && !conn.read_closed {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stats.read_would_block += 1;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("conn {}: read while lingering: {e}", conn.seq);
+                    conn.phase = Phase::Dead;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves a connection along its lifecycle after anything happened to it.
+    pub(super) fn settle(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase == Phase::Open && conn.peer_eof {
+            conn.phase = Phase::Closing;
+        }
+        match conn.phase {
+            Phase::Open => {}
+            Phase::Dead => self.remove(key, Reason::Dead),
+            Phase::Closing if conn.out.is_empty() => {
+                if let Err(e) = conn.stream.shutdown_write() {
+                    debug!("conn {}: shutdown: {e}", conn.seq);
+                    self.remove(key, Reason::Error(e));
+                    return;
+                }
+                if conn.peer_eof {
+                    // Everything the peer sent was read: close() cannot cause a reset.
+                    self.remove(key, Reason::PeerClosed);
+                    return;
+                }
+                trace!("conn {}: write side shut, lingering", conn.seq);
+                conn.phase = Phase::Lingering;
+                if let Some(t) = conn.links.on() {
+                    self.timers[t as usize].unlink(key, &mut self.conns);
+                }
+                let now = self.now_ms;
+                self.timers[Timer::Linger as usize].push(Timer::Linger, key, now, &mut self.conns);
+                self.discard_input(key);
+                self.settle(key);
+            }
+            Phase::Closing => {}
+            Phase::Lingering => {
+                if conn.peer_eof {
+                    self.remove(key, Reason::PeerClosed);
+                }
+            }
+        }
+    }
+
+    /// Closes and forgets a connection.
+    pub(super) fn remove(&mut self, key: usize, reason: Reason) {
+        if let Some(t) = self.conns[key].links.on() {
+            self.timers[t as usize].unlink(key, &mut self.conns);
+        }
+        let conn = self.conns.remove(key);
+        let id = crate::ConnId {
+            seq: conn.seq,
+            key: key as u32,
+        };
+        if let Some(state) = self.states.get_mut(key).and_then(Option::take) {
+            self.service.close(state, id);
+        }
+        self.stats.closed += 1;
+        debug!("conn {id}: closed ({reason})");
+        // Dropping the socket closes the descriptor, which also removes it from the
+        // poll set (no deregister call needed: it was never duplicated).
+        drop(conn);
+        // A descriptor just came free: a listener starved of them can accept again.
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if l.paused_until.take().is_some() && !l.pending {
+                l.pending = true;
+                self.pending.push(token::listener(i));
+            }
+        }
+    }
+}
