@@ -32,6 +32,12 @@ impl ConnId {
     pub fn seq(&self) -> u32 {
         self.seq
     }
+
+    /// The connection's slot in the loop's connection table. Slots are reused once a
+    /// connection closes, which is why an id also carries the sequence number.
+    pub fn slot(&self) -> usize {
+        self.key as usize
+    }
 }
 
 impl fmt::Display for ConnId {

@@ -43,6 +43,9 @@ counters! {
     bytes_in,
     /// Bytes written to stream sockets and datagrams sent.
     bytes_out,
+    /// Bytes read and dropped unseen by the service: input that arrived after the
+    /// connection started closing (while it lingered).
+    bytes_discarded,
     /// `read`/`recv` calls on stream sockets.
     reads,
     /// `write`/`send` calls on stream sockets.

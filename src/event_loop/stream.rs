@@ -181,7 +181,7 @@ impl<S: Service> EventLoop<S> {
                     return;
                 }
                 Ok(n) => {
-                    self.stats.bytes_in += n as u64;
+                    self.stats.bytes_discarded += n as u64;
                     trace!("conn {}: lingering, discarded {n} bytes", conn.seq);
                     if n < self.scratch.len() && !conn.read_closed {
                         return;

@@ -1,0 +1,220 @@
+//! The command line: ready lines, exit codes, what goes to stdout and stderr.
+
+mod util;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::thread;
+
+use nix::sys::signal::Signal;
+use util::{Proc, connect, exchange, pattern, read_to_eof, wait_until};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(util::bin())
+        .args(args)
+        .output()
+        .expect("run sockloop")
+}
+
+#[test]
+fn ready_lines_one_per_listener_in_order_with_real_ports() {
+    let mut server = Proc::serve(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--listen",
+        "tcp://[::1]:0?mode=line",
+        "--listen",
+        "tcp://localhost:0",
+    ]);
+    assert_eq!(server.ready.len(), 3);
+    assert!(
+        server.ready[0].starts_with("listening tcp://127.0.0.1:"),
+        "{:?}",
+        server.ready
+    );
+    assert!(
+        server.ready[1].starts_with("listening tcp://[::1]:"),
+        "{:?}",
+        server.ready
+    );
+    assert!(
+        !server.ready[1].contains('?'),
+        "the query is not part of the address"
+    );
+    for i in 0..3 {
+        assert_ne!(server.addr(i).port(), 0);
+        // Each ready line names a socket that answers.
+        assert_eq!(exchange(server.addr(i), b"x\n"), b"x\n");
+    }
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait().success());
+    assert_eq!(
+        server.stdout_rest(),
+        "",
+        "nothing but the ready lines goes to stdout"
+    );
+}
+
+#[test]
+fn a_listener_can_override_the_mode() {
+    let server = Proc::serve(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--listen",
+        "tcp://127.0.0.1:0?mode=line",
+        "--max-line",
+        "8",
+    ]);
+    let long = b"0123456789\n";
+    assert_eq!(
+        exchange(server.addr(0), long),
+        long,
+        "echo does not care about lines"
+    );
+    assert_eq!(exchange(server.addr(1), long), b"ERR line too long\n");
+}
+
+#[test]
+fn bad_command_lines_exit_2_before_binding() {
+    for (args, needle) in [
+        (
+            vec!["serve", "--listen", "127.0.0.1:5001"],
+            "invalid address",
+        ),
+        (
+            vec!["serve", "--listen", "http://127.0.0.1:80"],
+            "unknown scheme",
+        ),
+        (vec!["serve", "--listen", "tcp://127.0.0.1:99999"], "port"),
+        (
+            vec!["serve", "--listen", "tcp://127.0.0.1:0?color=red"],
+            "unknown parameter",
+        ),
+        (
+            vec!["serve", "--listen", "tcp://127.0.0.1:0?mode=nope"],
+            "unknown mode",
+        ),
+        (vec!["serve", "--mode", "nope"], "unknown mode"),
+        (vec!["serve", "--max-conns", "0"], "max-conns"),
+        (vec!["serve", "--idle-timeout", "soon"], "seconds"),
+        (vec!["serve", "--bogus"], "--bogus"),
+        (vec!["frobnicate"], "frobnicate"),
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr lacks '{needle}': {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+    }
+}
+
+#[test]
+fn an_address_in_use_exits_1_naming_it() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("tcp://{}", taken.local_addr().unwrap());
+    let out = run(&["serve", "--listen", "tcp://127.0.0.1:0", "--listen", &url]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("cannot bind"))
+        .expect("an error line");
+    assert!(line.contains(&url), "{line}");
+    assert!(line.to_lowercase().contains("in use"), "{line}");
+    assert!(
+        out.stdout.is_empty(),
+        "ready lines printed although binding failed"
+    );
+}
+
+#[test]
+fn sigusr1_logs_every_counter_on_one_line() {
+    let server = Proc::serve(&["--listen", "tcp://127.0.0.1:0"]);
+    assert_eq!(exchange(server.addr(0), b"count me"), b"count me");
+    wait_until("the connection to close", || server.stats()["closed"] == 1);
+    let stats = server.stats();
+    for key in [
+        "accepted",
+        "rejected",
+        "closed",
+        "active",
+        "bytes_in",
+        "bytes_out",
+        "reads",
+        "writes",
+        "read_would_block",
+        "write_would_block",
+        "short_writes",
+        "backpressure_pauses",
+        "backpressure_resumes",
+        "polls",
+        "events",
+        "datagrams_in",
+        "datagrams_out",
+        "datagrams_dropped",
+    ] {
+        assert!(stats.contains_key(key), "no {key} in {stats:?}");
+    }
+    assert_eq!(stats["accepted"], 1);
+    assert_eq!(stats["bytes_in"], 8);
+    assert_eq!(stats["bytes_out"], 8);
+    assert!(stats["polls"] >= 1 && stats["events"] >= 1);
+}
+
+#[test]
+fn trace_log_shows_readiness_events_and_partial_writes() {
+    let mut cmd = Command::new(util::bin());
+    cmd.args(["serve", "--listen", "tcp://127.0.0.1:0"])
+        .env("RUST_LOG", "trace");
+    let mut server = Proc::spawn(cmd, 1);
+    // 24 MiB written before reading is more than the kernel buffers on both sides
+    // hold, so the server's writes come up short.
+    let data = pattern(24 << 20, 5);
+    let mut s = connect(server.addr(0));
+    let mut w = s.try_clone().unwrap();
+    let d = data.clone();
+    let writer = thread::spawn(move || {
+        w.write_all(&d).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    wait_until("the server to queue output", || {
+        server.stderr().contains("partial write") || server.stderr().contains("would block")
+    });
+    assert!(read_to_eof(&mut s) == data);
+    writer.join().unwrap();
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait().success());
+    let log = server.stderr();
+    assert!(
+        log.contains("event: conn 1 readable"),
+        "no readiness event in the trace"
+    );
+    assert!(log.contains("writable"), "no writable event in the trace");
+    assert!(
+        log.contains("partial write") || log.contains("flush: wrote"),
+        "no partial write in the trace"
+    );
+    assert!(log.contains("read EOF"));
+}
+
+#[test]
+fn help_lists_the_serve_options() {
+    let out = run(&["serve", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--listen",
+        "--mode",
+        "--max-conns",
+        "--max-line",
+        "--idle-timeout",
+        "--max-outbuf",
+        "--shutdown-timeout",
+    ] {
+        assert!(help.contains(opt), "help lacks {opt}");
+    }
+}

@@ -1,0 +1,129 @@
+//! Regression tests, each named after the mistake it pins: the subtle rules of a
+//! readiness loop, driven one turn at a time through the library.
+
+mod util;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use socket2::SockRef;
+use sockloop::{Config, ConnId, Context, EventLoop, Service};
+use util::{LibServer, connect, pattern, read_n, sockaddr, tcp_builder};
+
+/// Records the id of every connection it sees; answers nothing.
+#[derive(Default)]
+struct Recorder {
+    opened: Vec<ConnId>,
+}
+
+impl Service for Recorder {
+    type Conn = ();
+    fn open(&mut self, ctx: &mut Context<'_>) {
+        self.opened.push(ctx.id());
+    }
+    fn data(&mut self, _: &mut (), _: &[u8], _: &mut Context<'_>) {}
+}
+
+fn turn_until<S: Service>(
+    server: &mut EventLoop<S>,
+    what: &str,
+    mut cond: impl FnMut(&EventLoop<S>) -> bool,
+) {
+    let start = std::time::Instant::now();
+    while !cond(server) {
+        assert!(
+            start.elapsed() < util::DEADLINE,
+            "timed out waiting for {what}"
+        );
+        server.turn(Some(Duration::from_millis(50))).unwrap();
+    }
+}
+
+/// A connection stopped by its read budget waits on the pending list for the next
+/// turn. If it is reset and a new connection takes its slab slot before that turn
+/// serves the list, the old entry must not act on the newcomer.
+#[test]
+fn stale_pending_token_does_not_touch_the_connection_reusing_its_slot() {
+    let mut config = Config::default();
+    config.read_budget = 1;
+    let mut server = tcp_builder()
+        .config(config)
+        .build(Recorder::default())
+        .unwrap();
+    let addr = sockaddr(&server.local_addrs()[0]);
+    let mut exercised = 0;
+    for _ in 0..20 {
+        let base = server.stats();
+        // A: 200 KiB queued, more than one 64 KiB read: the budget of one read runs out.
+        let mut a = TcpStream::connect(addr).unwrap();
+        a.write_all(&pattern(200 * 1024, 1)).unwrap();
+        turn_until(&mut server, "A's read budget to run out", |s| {
+            s.stats().budget_yields > base.budget_yields
+        });
+        // Reset A and connect B before the turn that would serve A's pending entry.
+        SockRef::from(&a).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(a);
+        let b = TcpStream::connect(addr).unwrap();
+        turn_until(&mut server, "B to be accepted", |s| {
+            s.stats().accepted == base.accepted + 2
+        });
+        turn_until(&mut server, "A to be closed", |s| {
+            s.stats().closed == base.closed + 1
+        });
+        let ids = &server.service().opened;
+        let (id_a, id_b) = (ids[ids.len() - 2], ids[ids.len() - 1]);
+        if id_a.slot() == id_b.slot() {
+            exercised += 1;
+            assert_ne!(id_a, id_b, "a reused slot must get a new id");
+        }
+        // B sent nothing: any read on it would have come from A's stale entry.
+        assert_eq!(
+            server.stats().read_would_block,
+            base.read_would_block,
+            "a read was made on B although B sent nothing"
+        );
+        SockRef::from(&b).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(b);
+        turn_until(&mut server, "B to be closed", |s| s.stats().active == 0);
+    }
+    assert!(
+        exercised > 0,
+        "B never reused A's slot: the test did not exercise the case"
+    );
+}
+
+/// Edge-triggered readiness reports new data once. A connection that stops reading
+/// because of its budget must be served again without waiting for another edge.
+#[test]
+fn a_connection_stopped_by_its_budget_is_served_without_a_new_edge() {
+    let mut config = Config::default();
+    config.read_budget = 1;
+    let server = LibServer::start(tcp_builder().config(config), sockloop::services::Echo);
+    let data = pattern(2 << 20, 7);
+    let mut s = connect(server.addr());
+    let mut w = s.try_clone().unwrap();
+    let d = data.clone();
+    let writer = std::thread::spawn(move || w.write_all(&d).unwrap());
+    // The client sends everything and then nothing more: no new edge will come.
+    assert!(read_n(&mut s, data.len()) == data);
+    writer.join().unwrap();
+    drop(s);
+    assert!(server.stop().budget_yields > 0);
+}
+
+/// A read shorter than the buffer usually means the kernel queue is empty — but when
+/// the same event reported the peer's FIN, the EOF is already queued behind the data
+/// and no further edge will announce it.
+#[test]
+fn fin_arriving_with_the_data_is_not_missed() {
+    let server = LibServer::echo();
+    for i in 0..100 {
+        let mut s = connect(server.addr());
+        s.write_all(format!("short {i}").as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // If the FIN were missed the server would never close and this would time out.
+        assert_eq!(util::read_to_eof(&mut s), format!("short {i}").as_bytes());
+    }
+    assert_eq!(server.stop().closed, 100);
+}
