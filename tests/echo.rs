@@ -100,14 +100,9 @@ fn random_garbage_is_echoed_exactly_on_many_connections() {
             thread::spawn(move || {
                 let data = pattern(512 * 1024 + i * 977, 100 + i as u64);
                 let mut s = connect(addr);
-                let mut w = s.try_clone().unwrap();
-                let d = data.clone();
-                let t = thread::spawn(move || {
-                    w.write_all(&d).unwrap();
-                    w.shutdown(Shutdown::Write).unwrap();
-                });
+                let writer = util::write_in_background(&s, data.clone(), true);
                 let got = read_to_eof(&mut s);
-                t.join().unwrap();
+                writer.join().unwrap().unwrap();
                 got == data
             })
         })

@@ -19,14 +19,10 @@ use util::{
 #[test]
 fn sigterm_while_echoed_data_is_unread_delivers_all_of_it() {
     let mut server = Proc::serve(&["--listen", "tcp://127.0.0.1:0"]);
-    let data = Arc::new(pattern(8 << 20, 9));
+    let data: Arc<[u8]> = pattern(8 << 20, 9).into();
     let mut s = connect(server.addr(0));
-    let mut w = s.try_clone().unwrap();
-    let d = data.clone();
-    let writer = thread::spawn(move || {
-        // Once the server stops reading, this blocks; after shutdown it may be reset.
-        let _ = w.write_all(&d);
-    });
+    // Once the server stops reading, this blocks; after shutdown it may be reset.
+    let writer = util::write_in_background(&s, data.clone(), false);
     wait_until("the server to queue output", || {
         server.stats()["backpressure_pauses"] >= 1
     });
@@ -75,14 +71,7 @@ fn sigint_closes_idle_connections_and_exits_zero() {
 #[test]
 fn shutdown_timeout_bounds_the_drain_of_a_peer_that_never_reads() {
     let mut server = Proc::serve(&["--listen", "tcp://127.0.0.1:0", "--shutdown-timeout", "1"]);
-    let s = connect(server.addr(0));
-    let mut w = s.try_clone().unwrap();
-    thread::spawn(move || {
-        let _ = w.write_all(&vec![7u8; 16 << 20]);
-    });
-    wait_until("the server to queue output", || {
-        server.stats()["backpressure_pauses"] >= 1
-    });
+    let s = server.flood_unread(16 << 20);
     let t = Instant::now();
     server.signal(Signal::SIGTERM);
     let status = server.wait();
@@ -99,14 +88,7 @@ fn shutdown_timeout_bounds_the_drain_of_a_peer_that_never_reads() {
 #[test]
 fn a_second_signal_stops_at_once() {
     let mut server = Proc::serve(&["--listen", "tcp://127.0.0.1:0", "--shutdown-timeout", "30"]);
-    let s = connect(server.addr(0));
-    let mut w = s.try_clone().unwrap();
-    thread::spawn(move || {
-        let _ = w.write_all(&vec![7u8; 16 << 20]);
-    });
-    wait_until("the server to queue output", || {
-        server.stats()["backpressure_pauses"] >= 1
-    });
+    let s = server.flood_unread(16 << 20);
     server.signal(Signal::SIGTERM);
     wait_until("the drain to start", || {
         server.stderr().contains("draining")

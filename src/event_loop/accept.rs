@@ -83,14 +83,7 @@ impl<S: Service> EventLoop<S> {
             "conn {seq}: accepted from {peer} on {}",
             self.listeners[i].local
         );
-        let mut ctx = Context {
-            conns: &mut self.conns,
-            timers: &mut self.timers,
-            key,
-            stats: &mut self.stats,
-            now_ms: self.now_ms,
-            max_outbuf: self.config.max_outbuf,
-        };
+        let mut ctx = context!(self, key);
         let state = self.service.open(&mut ctx);
         if self.states.len() <= key {
             self.states.resize_with(key + 1, || None);

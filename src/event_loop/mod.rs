@@ -36,6 +36,21 @@
 //!   connections are shed (accepted and closed using a reserve descriptor), the
 //!   listener backs off, and it resumes as soon as a connection closes.
 
+/// A [`Context`] for connection `key`. It borrows the loop's fields one by one (not
+/// `self` whole) so that the service, another field, can be called with it.
+macro_rules! context {
+    ($lp:ident, $key:expr) => {
+        Context {
+            conns: &mut $lp.conns,
+            timers: &mut $lp.timers,
+            key: $key,
+            stats: &mut $lp.stats,
+            now_ms: $lp.now_ms,
+            max_outbuf: $lp.config.max_outbuf,
+        }
+    };
+}
+
 mod accept;
 mod shutdown;
 mod stream;
@@ -393,7 +408,7 @@ impl<S: Service> EventLoop<S> {
                     return;
                 }
                 conn.pending = false;
-                self.on_readable(key);
+                self.read(key);
                 self.settle(key);
             }
             Target::Listener(i) => {
@@ -409,14 +424,7 @@ impl<S: Service> EventLoop<S> {
         let Some(Some(state)) = self.states.get_mut(key) else {
             return;
         };
-        let mut ctx = Context {
-            conns: &mut self.conns,
-            timers: &mut self.timers,
-            key,
-            stats: &mut self.stats,
-            now_ms: self.now_ms,
-            max_outbuf: self.config.max_outbuf,
-        };
+        let mut ctx = context!(self, key);
         match cb {
             Callback::Data(n) => self.service.data(state, &self.scratch[..n], &mut ctx),
             Callback::Eof => self.service.eof(state, &mut ctx),

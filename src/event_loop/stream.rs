@@ -56,7 +56,7 @@ impl<S: Service> EventLoop<S> {
             self.on_writable(key);
         }
         if ev.is_readable() || ev.is_read_closed() {
-            self.on_readable(key);
+            self.read(key);
         }
         self.settle(key);
     }
@@ -90,24 +90,21 @@ impl<S: Service> EventLoop<S> {
         }
     }
 
-    pub(super) fn on_readable(&mut self, key: usize) {
-        match self.conns[key].phase {
-            Phase::Open => self.read(key),
-            Phase::Lingering => self.discard_input(key),
-            Phase::Closing | Phase::Dead => {}
-        }
-    }
-
-    /// Reads and hands the bytes to the service, until the kernel queue is empty, the
-    /// budget is used, the connection is paused or it stops being open.
+    /// Reads until the kernel queue is empty, the budget is used, or the connection
+    /// stops being readable. An open connection's bytes go to the service; a lingering
+    /// one's are dropped, so that its final close finds no unread data (which would
+    /// make the kernel send a reset that destroys the last bytes in flight).
     pub(super) fn read(&mut self, key: usize) {
         let mut budget = self.config.read_budget;
         loop {
             let conn = &mut self.conns[key];
-            if conn.phase != Phase::Open || conn.peer_eof || conn.paused {
-                return;
-            }
-            if conn.out.len() >= self.config.high_water {
+            let serving = match conn.phase {
+                Phase::Open if conn.peer_eof || conn.paused => return,
+                Phase::Open => true,
+                Phase::Lingering => false,
+                Phase::Closing | Phase::Dead => return,
+            };
+            if serving && conn.out.len() >= self.config.high_water {
                 conn.paused = true;
                 self.stats.backpressure_pauses += 1;
                 trace!(
@@ -130,18 +127,25 @@ impl<S: Service> EventLoop<S> {
                 Ok(0) => {
                     trace!("conn {}: read EOF", conn.seq);
                     conn.peer_eof = true;
-                    self.callback(key, Callback::Eof);
+                    if serving {
+                        self.callback(key, Callback::Eof);
+                    }
                     return;
                 }
                 Ok(n) => {
-                    trace!("conn {}: read {n} bytes", conn.seq);
-                    self.stats.bytes_in += n as u64;
                     // A short read emptied the kernel queue: the next read would only say
                     // WouldBlock, and new data raises a new edge. Unless the peer's FIN
                     // is already known to be queued: then read on to see it.
                     let drained = n < self.scratch.len() && !conn.read_closed;
-                    touch(&mut self.conns, &mut self.timers, key, self.now_ms);
-                    self.callback(key, Callback::Data(n));
+                    if serving {
+                        trace!("conn {}: read {n} bytes", conn.seq);
+                        self.stats.bytes_in += n as u64;
+                        touch(&mut self.conns, &mut self.timers, key, self.now_ms);
+                        self.callback(key, Callback::Data(n));
+                    } else {
+                        trace!("conn {}: lingering, discarded {n} bytes", conn.seq);
+                        self.stats.bytes_discarded += n as u64;
+                    }
                     if drained {
                         return;
                     }
@@ -155,45 +159,6 @@ impl<S: Service> EventLoop<S> {
                 Err(e) => {
                     self.stats.conn_errors += 1;
                     debug!("conn {}: read: {e}", conn.seq);
-                    conn.phase = Phase::Dead;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// While lingering: reads and drops input until EOF, so that the final close does
-    /// not find unread data (which would make the kernel send a reset).
-    pub(super) fn discard_input(&mut self, key: usize) {
-        let mut budget = self.config.read_budget;
-        loop {
-            let conn = &mut self.conns[key];
-            if budget == 0 {
-                self.defer_conn(key);
-                return;
-            }
-            budget -= 1;
-            let r = conn.stream.read(&mut self.scratch);
-            self.stats.reads += 1;
-            match r {
-                Ok(0) => {
-                    conn.peer_eof = true;
-                    return;
-                }
-                Ok(n) => {
-                    self.stats.bytes_discarded += n as u64;
-                    trace!("conn {}: lingering, discarded {n} bytes", conn.seq);
-                    if n < self.scratch.len() && !conn.read_closed {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.stats.read_would_block += 1;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("conn {}: read while lingering: {e}", conn.seq);
                     conn.phase = Phase::Dead;
                     return;
                 }
@@ -230,7 +195,7 @@ impl<S: Service> EventLoop<S> {
                 }
                 let now = self.now_ms;
                 self.timers[Timer::Linger as usize].push(Timer::Linger, key, now, &mut self.conns);
-                self.discard_input(key);
+                self.read(key);
                 self.settle(key);
             }
             Phase::Closing => {}

@@ -84,6 +84,24 @@ pub fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// Writes `data` on a clone of `s` from another thread, so that the test can read the
+/// echo meanwhile, then shuts down the write side if asked. Returns the outcome of the
+/// writes: a server that closes early makes them fail, which some tests expect.
+pub fn write_in_background<D: AsRef<[u8]> + Send + 'static>(
+    s: &TcpStream,
+    data: D,
+    shutdown: bool,
+) -> JoinHandle<io::Result<()>> {
+    let mut w = s.try_clone().expect("clone the socket");
+    thread::spawn(move || {
+        w.write_all(data.as_ref())?;
+        if shutdown {
+            w.shutdown(Shutdown::Write)?;
+        }
+        Ok(())
+    })
+}
+
 /// Writes everything, shuts down the write side, returns what came back until EOF.
 pub fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut s = connect(addr);
@@ -321,6 +339,17 @@ impl Proc {
             self.stderr().matches("stats ").count() > before
         });
         last_stats(&self.stderr())
+    }
+
+    /// Connects and writes `bytes` without ever reading, until the server has stopped
+    /// reading that connection (its queued echo passed the high-water mark).
+    pub fn flood_unread(&self, bytes: usize) -> TcpStream {
+        let s = connect(self.addr(0));
+        write_in_background(&s, vec![7u8; bytes], false);
+        wait_until("the server to pause the connection", || {
+            self.stats()["backpressure_pauses"] >= 1
+        });
+        s
     }
 
     /// Resident memory in KiB (`VmRSS`).
