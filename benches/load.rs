@@ -9,8 +9,9 @@
 //!
 //! Scenarios: `pp1`, `pp100`, `pp1000` — N connections, each with one 64-byte message
 //! in flight (send, wait for the whole echo, check it, send the next); `bulk` — one
-//! connection streaming 64 KiB writes while reading the echo back. Every echoed byte is
-//! checked. The client is one non-blocking mio loop, like the server, so on a 2-core
+//! connection streaming 64 KiB writes while reading the echo back; `udp` — one socket
+//! keeping 16 datagrams of 64 bytes in flight (a lost one is re-sent after 200 ms and
+//! counted). Every echoed byte is checked. The client is one non-blocking mio loop, like the server, so on a 2-core
 //! machine client and server each get about one core: ratios between the two servers,
 //! measured in one run, mean more than absolute rates.
 
@@ -39,10 +40,16 @@ fn main() {
     let measure = Duration::from_secs_f64(secs);
     sockloop::sys::raise_nofile_limit().expect("raise the descriptor limit");
 
-    let (sock_addr, sock_handle, sock_thread) = start_sockloop();
-    let tokio_addr = start_tokio();
+    let (sock_addr, sock_udp, sock_handle, sock_thread) = start_sockloop();
+    let (tokio_addr, tokio_udp) = start_tokio();
 
-    let scenarios: [(&str, usize); 4] = [("pp1", 1), ("pp100", 100), ("pp1000", 1000), ("bulk", 1)];
+    let scenarios: [(&str, usize); 5] = [
+        ("pp1", 1),
+        ("pp100", 100),
+        ("pp1000", 1000),
+        ("bulk", 1),
+        ("udp", 1),
+    ];
     println!("| scenario | sockloop | tokio | ratio | sockloop p50/p99 µs | tokio p50/p99 µs |");
     println!("|---|---|---|---|---|---|");
     for (name, conns) in scenarios {
@@ -50,15 +57,17 @@ fn main() {
             continue;
         }
         // Interleaved: the same client against each server, one after the other.
-        let run = |addr| {
-            if name == "bulk" {
-                bulk(addr, measure)
-            } else {
-                pingpong(addr, conns, measure)
-            }
+        let run = |tcp, udp| match name {
+            "bulk" => bulk(tcp, measure),
+            "udp" => udp_flood(udp, measure),
+            _ => pingpong(tcp, conns, measure),
         };
-        let (a, b) = (run(sock_addr), run(tokio_addr));
-        let unit = if name == "bulk" { "MB/s" } else { "msg/s" };
+        let (a, b) = (run(sock_addr, sock_udp), run(tokio_addr, tokio_udp));
+        let unit = match name {
+            "bulk" => "MB/s",
+            "udp" => "dgram/s",
+            _ => "msg/s",
+        };
         let lat = |r: &Outcome| match r.latency_us {
             Some((p50, p99)) => format!("{p50} / {p99}"),
             None => "-".into(),
@@ -91,26 +100,39 @@ struct Outcome {
 
 type LoopThread = thread::JoinHandle<io::Result<sockloop::Stats>>;
 
-fn start_sockloop() -> (SocketAddr, sockloop::Handle, LoopThread) {
+fn start_sockloop() -> (SocketAddr, SocketAddr, sockloop::Handle, LoopThread) {
     let mut server = Builder::new()
         .listen("tcp://127.0.0.1:0".parse().expect("a URL"))
+        .listen("udp://127.0.0.1:0".parse().expect("a URL"))
         .max_conns(20_000)
         .build(Echo)
         .expect("bind sockloop");
-    let hp = server.local_addrs()[0]
-        .host_port()
-        .cloned()
-        .expect("a TCP address");
-    let addr = SocketAddr::new(hp.host().parse().expect("an IP"), hp.port());
+    let addrs: Vec<SocketAddr> = server
+        .local_addrs()
+        .iter()
+        .map(|ep| {
+            let hp = ep.host_port().expect("an internet address");
+            SocketAddr::new(hp.host().parse().expect("an IP"), hp.port())
+        })
+        .collect();
     let handle = server.handle();
-    (addr, handle, thread::spawn(move || server.run()))
+    (
+        addrs[0],
+        addrs[1],
+        handle,
+        thread::spawn(move || server.run()),
+    )
 }
 
-/// The baseline: a task per connection, an 8 KiB buffer, `read` then `write_all`.
-fn start_tokio() -> SocketAddr {
+/// The baseline: a task per connection, an 8 KiB buffer, `read` then `write_all`; for
+/// UDP one task doing `recv_from` then `send_to`.
+fn start_tokio() -> (SocketAddr, SocketAddr) {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tokio");
     std_listener.set_nonblocking(true).expect("non-blocking");
     let addr = std_listener.local_addr().expect("address");
+    let std_udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind tokio udp");
+    std_udp.set_nonblocking(true).expect("non-blocking");
+    let udp_addr = std_udp.local_addr().expect("address");
     thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -118,6 +140,13 @@ fn start_tokio() -> SocketAddr {
             .expect("runtime");
         rt.block_on(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let udp = tokio::net::UdpSocket::from_std(std_udp).expect("udp socket");
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, peer)) = udp.recv_from(&mut buf).await {
+                    let _ = udp.send_to(&buf[..n], peer).await;
+                }
+            });
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
@@ -135,7 +164,7 @@ fn start_tokio() -> SocketAddr {
             }
         });
     });
-    addr
+    (addr, udp_addr)
 }
 
 /// The byte at `offset` of connection `conn`'s stream: every connection sends
@@ -325,6 +354,76 @@ fn bulk(addr: SocketAddr, measure: Duration) -> Outcome {
     Outcome {
         rate: (got - got0) as f64 / t0.elapsed().as_secs_f64() / 1e6,
         latency_us: None,
+        errors,
+    }
+}
+
+/// One UDP socket keeping [`UDP_DEPTH`] datagrams in flight. Each carries its sequence
+/// number; a reply is checked against it. Loopback rarely loses datagrams, but a burst
+/// can overflow a socket buffer: a datagram unanswered for 200 ms is replaced by a new
+/// one and counted as lost (not as an error).
+fn udp_flood(addr: SocketAddr, measure: Duration) -> Outcome {
+    const UDP_DEPTH: usize = 16;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind the client");
+    sock.connect(addr).expect("connect the client");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut in_flight: std::collections::VecDeque<(u64, Instant)> =
+        std::collections::VecDeque::new();
+    let (mut next, mut replies, mut lost, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    let mut msg = [0u8; MSG];
+    let mut buf = [0u8; 2 * MSG];
+    let mut samples: Vec<u32> = Vec::new();
+    let start = Instant::now();
+    let (measure_from, end) = (start + WARMUP, start + WARMUP + measure);
+    while Instant::now() < end {
+        while in_flight.len() < UDP_DEPTH {
+            fill(next as usize, next, &mut msg);
+            msg[..8].copy_from_slice(&next.to_le_bytes());
+            sock.send(&msg).expect("send");
+            in_flight.push_back((next, Instant::now()));
+            next += 1;
+        }
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let seq = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+                let Some(pos) = in_flight.iter().position(|&(s, _)| s == seq) else {
+                    errors += 1;
+                    continue;
+                };
+                let (_, sent_at) = in_flight.remove(pos).expect("present");
+                fill(seq as usize, seq, &mut msg);
+                msg[..8].copy_from_slice(&seq.to_le_bytes());
+                if buf[..n] != msg[..] {
+                    errors += 1;
+                }
+                let t = Instant::now();
+                if t >= measure_from {
+                    replies += 1;
+                    samples
+                        .push(t.duration_since(sent_at).as_micros().min(u32::MAX as u128) as u32);
+                }
+            }
+            Err(_) => {
+                // Nothing for 200 ms: whatever is in flight is lost.
+                lost += in_flight.len() as u64;
+                in_flight.clear();
+            }
+        }
+    }
+    if lost > 0 {
+        eprintln!("udp {addr}: {lost} datagrams lost and re-sent");
+    }
+    samples.sort_unstable();
+    let pct = |p: f64| {
+        samples
+            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as u64
+    };
+    Outcome {
+        rate: replies as f64 / measure.as_secs_f64(),
+        latency_us: Some((pct(0.50), pct(0.99))),
         errors,
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::endpoint::Endpoint;
 use crate::event_loop::EventLoop;
-use crate::listener::{BindOptions, Listener};
+use crate::listener::{BindOptions, Bound};
 use crate::service::Service;
 use crate::sys;
 
@@ -40,6 +40,18 @@ pub struct Config {
     pub handle_signals: bool,
     /// Bind with `SO_REUSEPORT`, so other loops can bind the same addresses.
     pub reuse_port: bool,
+    /// Answer datagrams from source port 0 and the classic service ports (7, 13, 19,
+    /// 37). Off by default: see the datagram safety rules.
+    pub allow_service_ports: bool,
+    /// Receive and answer UDP datagrams in batches (`recvmmsg`/`sendmmsg`, Linux).
+    /// Off, every datagram costs a `recv_from` and a `send_to`.
+    pub datagram_batch: bool,
+    /// Datagrams received per datagram socket per turn before it yields to the others.
+    pub datagram_budget: u32,
+    /// Most replies waiting for a full datagram socket; past it replies are dropped.
+    pub reply_queue_max: usize,
+    /// Most bytes of replies waiting for a full datagram socket.
+    pub reply_queue_bytes: usize,
 }
 
 impl Default for Config {
@@ -56,6 +68,11 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             handle_signals: false,
             reuse_port: false,
+            allow_service_ports: false,
+            datagram_batch: cfg!(any(target_os = "linux", target_os = "android")),
+            datagram_budget: 128,
+            reply_queue_max: 1024,
+            reply_queue_bytes: 1024 * 1024,
         }
     }
 }
@@ -74,8 +91,25 @@ impl Default for Config {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Builder {
-    listen: Vec<Endpoint>,
+    listen: Vec<(Endpoint, ListenOptions)>,
     config: Config,
+}
+
+/// Options of one listener that belong to the socket, not to the service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenOptions {
+    /// Permission bits for a Unix socket file, as `chmod` takes them (`0o660`);
+    /// `None` keeps what the umask gives.
+    pub unix_perm: Option<u32>,
+}
+
+impl ListenOptions {
+    /// Sets the permission bits of a Unix socket file.
+    pub fn unix_perm(mut self, mode: u32) -> Self {
+        self.unix_perm = Some(mode);
+        self
+    }
 }
 
 impl Builder {
@@ -86,8 +120,13 @@ impl Builder {
 
     /// Adds a listener. Listeners are numbered from 0 in the order they are added; a
     /// service sees the number through [`Context::listener`](crate::Context::listener).
-    pub fn listen(mut self, endpoint: Endpoint) -> Self {
-        self.listen.push(endpoint);
+    pub fn listen(self, endpoint: Endpoint) -> Self {
+        self.listen_with(endpoint, ListenOptions::default())
+    }
+
+    /// Adds a listener with socket options (a Unix socket file's permissions).
+    pub fn listen_with(mut self, endpoint: Endpoint, options: ListenOptions) -> Self {
+        self.listen.push((endpoint, options));
         self
     }
 
@@ -121,6 +160,18 @@ impl Builder {
         self
     }
 
+    /// Sets [`Config::allow_service_ports`].
+    pub fn allow_service_ports(mut self, on: bool) -> Self {
+        self.config.allow_service_ports = on;
+        self
+    }
+
+    /// Sets [`Config::datagram_batch`].
+    pub fn datagram_batch(mut self, on: bool) -> Self {
+        self.config.datagram_batch = on;
+        self
+    }
+
     /// Sets [`Config::handle_signals`].
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.config.handle_signals = on;
@@ -138,14 +189,15 @@ impl Builder {
                 "no listener given",
             ));
         }
-        let opts = BindOptions {
-            reuse_port: self.config.reuse_port,
-        };
         let mut listeners = Vec::with_capacity(self.listen.len());
-        for ep in &self.listen {
-            let l = Listener::bind(ep, opts)?;
-            let local = l.local_endpoint(ep)?;
-            listeners.push((l, local));
+        for (ep, options) in &self.listen {
+            let opts = BindOptions {
+                reuse_port: self.config.reuse_port,
+                unix_perm: options.unix_perm,
+            };
+            let bound = Bound::bind(ep, opts)?;
+            let local = bound.local_endpoint(ep)?;
+            listeners.push((bound, local));
         }
         let max_conns = match self.config.max_conns {
             Some(n) => n,

@@ -11,7 +11,8 @@
 //! | [`event_loop`] | the loop: `poll`, dispatch, budgets, backpressure, accept, deadlines, shutdown |
 //! | `conn` | one connection's state and lifecycle, and the `sendall` write path |
 //! | [`buffer`] | [`SendBuf`](buffer::SendBuf), the bytes a connection still owes its peer |
-//! | `listener`, `transport` | binding and accepting; the stream enum under every connection |
+//! | `listener`, `transport` | binding (TCP, UDP, Unix, IPv6) and accepting; the stream enum under every connection |
+//! | `datagram` | datagram sockets: batched receive and reply, the bounded reply queue, the safety rules |
 //! | [`service`] | the [`Service`] trait and the [`Context`] it writes through |
 //! | [`services`] | echo and line, and [`Modes`](services::Modes), which picks one per listener |
 //! | `timer` | idle and linger deadlines in O(1) per connection |
@@ -38,6 +39,7 @@
 pub mod buffer;
 mod builder;
 mod conn;
+mod datagram;
 pub mod endpoint;
 pub mod event_loop;
 mod listener;
@@ -49,9 +51,9 @@ mod timer;
 mod token;
 mod transport;
 
-pub use builder::{Builder, Config};
+pub use builder::{Builder, Config, ListenOptions};
 pub use endpoint::{Endpoint, Url};
 pub use event_loop::{EventLoop, Handle};
-pub use service::{ConnId, Context, Service};
+pub use service::{ConnId, Context, DatagramContext, Service};
 pub use stats::Stats;
 pub use transport::PeerAddr;

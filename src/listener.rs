@@ -1,17 +1,27 @@
-//! Listening sockets: binding them with the right options, and accepting from them.
+//! Binding sockets, and accepting from stream listeners.
 //!
 //! Options are set through `socket2` before `bind`, because some only work there:
 //! `SO_REUSEADDR` (a restarted server can bind while old connections sit in TIME_WAIT),
-//! `SO_REUSEPORT` (several loops each get their own listener on one port and the kernel
-//! spreads connections over them), and `IPV6_V6ONLY` (`[::]` means IPv6 only, so
+//! `SO_REUSEPORT` (several loops each get their own socket on one port and the kernel
+//! spreads the traffic over them), and `IPV6_V6ONLY` (`[::]` means IPv6 only, so
 //! `0.0.0.0` and `[::]` can be bound side by side on one port).
+//!
+//! A Unix socket lives at a path, as a file. Binding creates that file and closing the
+//! socket does not remove it, so a server that died leaves a stale one behind. Before
+//! binding, a socket file nobody answers on is removed; a live one is "address in
+//! use"; anything that is not a socket is refused and left untouched. The file is
+//! removed again when the listener closes — if it is still the one this process made.
 
+use std::fs;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use mio::event::Source;
-use mio::net::TcpListener;
-use socket2::{Domain, Protocol, Socket, Type};
+use mio::net::{TcpListener, UdpSocket, UnixDatagram, UnixListener};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::endpoint::Endpoint;
 use crate::transport::{PeerAddr, Stream};
@@ -25,6 +35,8 @@ const BACKLOG: i32 = 65_535;
 pub(crate) struct BindOptions {
     /// Set `SO_REUSEPORT`, so that several loops can each bind the same port.
     pub(crate) reuse_port: bool,
+    /// Permission bits for a Unix socket file (`?perm=0660`); `None` leaves the umask's.
+    pub(crate) unix_perm: Option<u32>,
 }
 
 /// A bound, non-blocking socket that produces connections.
@@ -32,41 +44,100 @@ pub(crate) struct BindOptions {
 pub(crate) enum Listener {
     /// A TCP listener.
     Tcp(TcpListener),
+    /// A Unix stream listener; the socket file goes when it does.
+    Unix {
+        sock: UnixListener,
+        _file: SocketFile,
+    },
 }
 
-impl Listener {
+/// A bound datagram socket.
+#[derive(Debug)]
+pub(crate) enum DgramSocket {
+    /// UDP.
+    Udp(UdpSocket),
+    /// A Unix datagram socket; the socket file goes when it does.
+    Unix {
+        sock: UnixDatagram,
+        _file: SocketFile,
+    },
+}
+
+/// What binding an endpoint produced.
+pub(crate) enum Bound {
+    Stream(Listener),
+    Datagram(DgramSocket),
+}
+
+impl Bound {
     /// Binds the endpoint. Errors name the address.
-    pub(crate) fn bind(endpoint: &Endpoint, opts: BindOptions) -> io::Result<Listener> {
+    pub(crate) fn bind(endpoint: &Endpoint, opts: BindOptions) -> io::Result<Bound> {
         let context =
             |e: io::Error| io::Error::new(e.kind(), format!("cannot bind {endpoint}: {e}"));
+        let inet = |hp: &crate::endpoint::HostPort| -> io::Result<SocketAddr> {
+            hp.resolve()?
+                .first()
+                .copied()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
+        };
         match endpoint {
             Endpoint::Tcp(hp) => {
-                let addr = *hp.resolve().map_err(context)?.first().ok_or_else(|| {
-                    context(io::Error::new(io::ErrorKind::NotFound, "no address"))
-                })?;
-                bind_tcp(addr, opts).map(Listener::Tcp).map_err(context)
+                let addr = inet(hp).map_err(context)?;
+                let sock = inet_socket(addr, Type::STREAM, Protocol::TCP, opts).map_err(context)?;
+                sock.listen(BACKLOG).map_err(context)?;
+                Ok(Bound::Stream(Listener::Tcp(TcpListener::from_std(
+                    sock.into(),
+                ))))
             }
-            other => Err(io::Error::new(
+            Endpoint::Udp(hp) => {
+                let addr = inet(hp).map_err(context)?;
+                let sock = inet_socket(addr, Type::DGRAM, Protocol::UDP, opts).map_err(context)?;
+                Ok(Bound::Datagram(DgramSocket::Udp(UdpSocket::from_std(
+                    sock.into(),
+                ))))
+            }
+            Endpoint::Unix(path) => {
+                let (sock, file) = unix_socket(path, Type::STREAM, opts).map_err(context)?;
+                sock.listen(BACKLOG).map_err(context)?;
+                let std = std::os::unix::net::UnixListener::from(OwnedFd::from(sock));
+                Ok(Bound::Stream(Listener::Unix {
+                    sock: UnixListener::from_std(std),
+                    _file: file,
+                }))
+            }
+            Endpoint::UnixDgram(path) => {
+                let (sock, file) = unix_socket(path, Type::DGRAM, opts).map_err(context)?;
+                let std = std::os::unix::net::UnixDatagram::from(OwnedFd::from(sock));
+                Ok(Bound::Datagram(DgramSocket::Unix {
+                    sock: UnixDatagram::from_std(std),
+                    _file: file,
+                }))
+            }
+            Endpoint::Tls(_) => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                format!(
-                    "cannot bind {other}: the {} scheme is not served yet",
-                    other.scheme()
-                ),
+                format!("cannot bind {endpoint}: TLS is not served by this version"),
             )),
-        }
-    }
-
-    /// The socket as something `poll` can register.
-    pub(crate) fn source(&mut self) -> &mut dyn Source {
-        match self {
-            Listener::Tcp(l) => l,
         }
     }
 
     /// The bound endpoint, with port 0 resolved to the real port.
     pub(crate) fn local_endpoint(&self, asked: &Endpoint) -> io::Result<Endpoint> {
+        Ok(match self {
+            Bound::Stream(Listener::Tcp(l)) => asked.with_addr(l.local_addr()?),
+            Bound::Datagram(DgramSocket::Udp(s)) => asked.with_addr(s.local_addr()?),
+            Bound::Stream(Listener::Unix { .. }) | Bound::Datagram(DgramSocket::Unix { .. }) => {
+                asked.clone()
+            }
+        })
+    }
+}
+
+impl Listener {
+    /// The socket as something `poll` can register.
+    pub(crate) fn source(&mut self) -> &mut dyn Source {
         match self {
-            Listener::Tcp(l) => Ok(asked.with_addr(l.local_addr()?)),
+            Listener::Tcp(l) => l,
+            Listener::Unix { sock, .. } => sock,
         }
     }
 
@@ -80,12 +151,31 @@ impl Listener {
                 let _ = s.set_nodelay(true);
                 Ok((Stream::Tcp(s), PeerAddr::Inet(peer)))
             }
+            Listener::Unix { sock, .. } => {
+                let (s, peer) = sock.accept()?;
+                Ok((Stream::Unix(s), PeerAddr::from_unix(&peer)))
+            }
         }
     }
 }
 
-fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> io::Result<TcpListener> {
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+impl DgramSocket {
+    /// The socket as something `poll` can register.
+    pub(crate) fn source(&mut self) -> &mut dyn Source {
+        match self {
+            DgramSocket::Udp(s) => s,
+            DgramSocket::Unix { sock, .. } => sock,
+        }
+    }
+}
+
+fn inet_socket(
+    addr: SocketAddr,
+    ty: Type,
+    proto: Protocol,
+    opts: BindOptions,
+) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     sock.set_reuse_address(true)?;
     if opts.reuse_port {
         sock.set_reuse_port(true)?;
@@ -95,6 +185,79 @@ fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> io::Result<TcpListener> {
     }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
-    sock.listen(BACKLOG)?;
-    Ok(TcpListener::from_std(sock.into()))
+    Ok(sock)
+}
+
+fn unix_socket(path: &Path, ty: Type, opts: BindOptions) -> io::Result<(Socket, SocketFile)> {
+    clear_stale_socket(path, ty)?;
+    let sock = Socket::new(Domain::UNIX, ty, None)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&SockAddr::unix(path)?)?;
+    let file = SocketFile::claim(path)?;
+    if let Some(mode) = opts.unix_perm {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    Ok((sock, file))
+}
+
+/// Makes way for a new socket at `path`: nothing there is fine; a socket file nobody
+/// answers on is removed; a live socket or anything else is an error.
+fn clear_stale_socket(path: &Path, ty: Type) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; left untouched",
+                path.display()
+            ),
+        ));
+    }
+    // A socket file: ask whether anyone is behind it.
+    let probe = Socket::new(Domain::UNIX, ty, None)?;
+    match probe.connect(&SockAddr::unix(path)?) {
+        Ok(()) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process is serving on this socket",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            log::info!("removing stale socket file {}", path.display());
+            fs::remove_file(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A Unix socket file this process created. Dropping it removes the file, unless the
+/// path now holds something else (another server took it over).
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn claim(path: &Path) -> io::Result<SocketFile> {
+        let meta = fs::symlink_metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Ok(meta) = fs::symlink_metadata(&self.path) {
+            if meta.dev() == self.dev && meta.ino() == self.ino {
+                let _ = fs::remove_file(&self.path);
+            }
+        }
+    }
 }

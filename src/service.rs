@@ -91,6 +91,62 @@ pub trait Service {
         let _ = listener;
         &[]
     }
+
+    /// A datagram arrived on a datagram socket (UDP, Unix datagram). Answer it, if at
+    /// all, with [`DatagramContext::reply`]. The default drops it.
+    ///
+    /// A datagram is a whole message: there is no connection and no per-peer state in
+    /// the loop. A zero-length datagram arrives as an empty slice.
+    fn datagram(&mut self, data: &[u8], ctx: &mut DatagramContext<'_>) {
+        let _ = (data, ctx);
+    }
+}
+
+/// What a service can do with one datagram: answer it, once.
+pub struct DatagramContext<'a> {
+    pub(crate) listener: usize,
+    pub(crate) peer: &'a PeerAddr,
+    pub(crate) request_len: usize,
+    /// Where the reply is copied; the loop sends it after the callback returns.
+    pub(crate) arena: &'a mut Vec<u8>,
+    pub(crate) reply: Option<(usize, usize)>,
+    pub(crate) stats: &'a mut Stats,
+}
+
+impl DatagramContext<'_> {
+    /// The index of the socket the datagram arrived on (see [`Context::listener`]).
+    pub fn listener(&self) -> usize {
+        self.listener
+    }
+
+    /// The sender.
+    pub fn peer(&self) -> &PeerAddr {
+        self.peer
+    }
+
+    /// Answers the datagram with `bytes`. Returns false, and sends nothing, when the
+    /// datagram was already answered or when `bytes` is longer than the request: a
+    /// datagram server must never amplify what it is sent (such a reply is counted as
+    /// dropped).
+    pub fn reply(&mut self, bytes: &[u8]) -> bool {
+        if self.reply.is_some() {
+            return false;
+        }
+        if bytes.len() > self.request_len {
+            self.stats.datagrams_dropped += 1;
+            debug!(
+                "reply of {} bytes to a {}-byte datagram from {} refused: larger than the request",
+                bytes.len(),
+                self.request_len,
+                self.peer
+            );
+            return false;
+        }
+        let start = self.arena.len();
+        self.arena.extend_from_slice(bytes);
+        self.reply = Some((start, bytes.len()));
+        true
+    }
 }
 
 /// What a service callback can do to the connection it was called for.

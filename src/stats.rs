@@ -78,6 +78,10 @@ counters! {
     datagrams_in,
     /// Datagrams sent.
     datagrams_out,
+    /// Receive calls on datagram sockets (`recv_from`, or `recvmmsg` taking up to 32).
+    datagram_recv_calls,
+    /// Send calls on datagram sockets (`send_to`, or `sendmmsg` sending a whole batch).
+    datagram_send_calls,
     /// Datagrams dropped: unsafe source port, full reply queue, or unanswerable sender.
     datagrams_dropped,
     /// Errors reported by datagram sockets (ICMP-induced and the like), never fatal.

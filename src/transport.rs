@@ -6,29 +6,45 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::path::PathBuf;
 
 use mio::event::Source;
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
 
 /// A connected, non-blocking stream socket.
 #[derive(Debug)]
 pub(crate) enum Stream {
     /// TCP over IPv4 or IPv6.
     Tcp(TcpStream),
+    /// A Unix-domain stream socket.
+    Unix(UnixStream),
 }
 
-/// The address of the other end of a connection.
+/// The address of the other end of a connection, or of a datagram's sender.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PeerAddr {
     /// An IPv4 or IPv6 address and port.
     Inet(SocketAddr),
+    /// A Unix-domain socket: its path, or `None` when the peer never bound one (the
+    /// usual case for a connecting client; a datagram from such a peer cannot be
+    /// answered).
+    Unix(Option<PathBuf>),
+}
+
+impl PeerAddr {
+    /// From the address std reports for a Unix socket.
+    pub(crate) fn from_unix(a: &std::os::unix::net::SocketAddr) -> Self {
+        PeerAddr::Unix(a.as_pathname().map(PathBuf::from))
+    }
 }
 
 impl std::fmt::Display for PeerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PeerAddr::Inet(a) => write!(f, "{a}"),
+            PeerAddr::Unix(Some(p)) => write!(f, "unix:{}", p.display()),
+            PeerAddr::Unix(None) => f.write_str("unix:(unnamed)"),
         }
     }
 }
@@ -38,6 +54,7 @@ impl Stream {
     pub(crate) fn source(&mut self) -> &mut dyn Source {
         match self {
             Stream::Tcp(s) => s,
+            Stream::Unix(s) => s,
         }
     }
 
@@ -45,6 +62,7 @@ impl Stream {
     pub(crate) fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
         }
     }
 
@@ -52,6 +70,7 @@ impl Stream {
     pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
         match self {
             Stream::Tcp(s) => s.take_error(),
+            Stream::Unix(s) => s.take_error(),
         }
     }
 
@@ -59,6 +78,7 @@ impl Stream {
     pub(crate) fn peer_addr(&self) -> io::Result<PeerAddr> {
         match self {
             Stream::Tcp(s) => s.peer_addr().map(PeerAddr::Inet),
+            Stream::Unix(s) => s.peer_addr().map(|a| PeerAddr::from_unix(&a)),
         }
     }
 }
@@ -67,6 +87,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
         }
     }
 }
@@ -75,12 +96,14 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
         }
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
         }
     }
 

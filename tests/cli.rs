@@ -214,6 +214,7 @@ fn help_lists_the_serve_options() {
         "--idle-timeout",
         "--max-outbuf",
         "--shutdown-timeout",
+        "--allow-service-ports",
     ] {
         assert!(help.contains(opt), "help lacks {opt}");
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use log::{debug, warn};
 use mio::Interest;
 
-use super::{BACKOFF_MAX, BACKOFF_MIN, EXHAUSTION_LOG_INTERVAL, EventLoop};
+use super::{BACKOFF_MAX, BACKOFF_MIN, EXHAUSTION_LOG_INTERVAL, EventLoop, Socket};
 use crate::conn::Conn;
 use crate::service::{Context, Service};
 use crate::sys;
@@ -23,7 +23,7 @@ impl<S: Service> EventLoop<S> {
             return;
         }
         for _ in 0..self.config.accept_budget {
-            let Some(socket) = self.listeners[i].socket.as_ref() else {
+            let Some(Socket::Stream(socket)) = self.listeners[i].socket.as_ref() else {
                 return;
             };
             match socket.accept() {
@@ -129,7 +129,7 @@ impl<S: Service> EventLoop<S> {
         // waiting, so those clients learn at once instead of hanging in the backlog.
         if let Some(reserve) = self.reserve.take() {
             drop(reserve);
-            if let Some(socket) = self.listeners[i].socket.as_ref() {
+            if let Some(Socket::Stream(socket)) = self.listeners[i].socket.as_ref() {
                 for _ in 0..self.config.accept_budget {
                     match socket.accept() {
                         Ok((s, _)) => {

@@ -52,6 +52,7 @@ macro_rules! context {
 }
 
 mod accept;
+mod datagram;
 mod shutdown;
 mod stream;
 
@@ -71,8 +72,9 @@ use slab::Slab;
 
 use crate::builder::Config;
 use crate::conn::Conn;
+use crate::datagram::Datagram;
 use crate::endpoint::Endpoint;
-use crate::listener::Listener;
+use crate::listener::{Bound, Listener};
 use crate::service::{Context, Service, TOUCH_GRANULARITY_MS};
 use crate::stats::Stats;
 use crate::timer::{Deadlines, TIMER_KINDS, Timer};
@@ -115,9 +117,24 @@ impl Handle {
     }
 }
 
+/// A bound socket the loop serves: a stream listener or a datagram socket.
+enum Socket {
+    Stream(Listener),
+    Datagram(Box<Datagram>),
+}
+
+impl Socket {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Socket::Stream(l) => l.source(),
+            Socket::Datagram(d) => d.sock.source(),
+        }
+    }
+}
+
 struct ListenerSlot {
     /// `None` once shutdown has closed it.
-    socket: Option<Listener>,
+    socket: Option<Socket>,
     /// The bound address (port 0 resolved).
     local: Endpoint,
     /// Not accepting until then: descriptors ran out.
@@ -163,6 +180,11 @@ pub struct EventLoop<S: Service> {
     states: Vec<Option<S::Conn>>,
     service: S,
     scratch: Box<[u8]>,
+    /// Datagram replies of the current receive, copied here by the service.
+    arena: Vec<u8>,
+    /// The replies of one batch: where each is in `arena`, and where it goes.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    outgoing: Vec<(usize, usize, nix::sys::socket::SockaddrStorage)>,
     /// Tokens to serve next turn without waiting for an event.
     pending: Vec<Token>,
     spare: Vec<Token>,
@@ -189,16 +211,25 @@ pub struct EventLoop<S: Service> {
 
 impl<S: Service> EventLoop<S> {
     pub(crate) fn new(
-        listeners: Vec<(Listener, Endpoint)>,
+        listeners: Vec<(Bound, Endpoint)>,
         service: S,
         config: Config,
         max_conns: usize,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let mut slots = Vec::with_capacity(listeners.len());
-        for (i, (mut socket, local)) in listeners.into_iter().enumerate() {
+        for (i, (bound, local)) in listeners.into_iter().enumerate() {
+            // A datagram socket is written to as well (its replies), so it is
+            // registered for writable too: once, like every socket here.
+            let (mut socket, interest) = match bound {
+                Bound::Stream(l) => (Socket::Stream(l), Interest::READABLE),
+                Bound::Datagram(d) => (
+                    Socket::Datagram(Box::new(Datagram::new(d, config.datagram_batch))),
+                    Interest::READABLE | Interest::WRITABLE,
+                ),
+            };
             poll.registry()
-                .register(socket.source(), token::listener(i), Interest::READABLE)
+                .register(socket.source(), token::listener(i), interest)
                 .map_err(|e| io::Error::new(e.kind(), format!("register {local}: {e}")))?;
             slots.push(ListenerSlot {
                 socket: Some(socket),
@@ -234,6 +265,9 @@ impl<S: Service> EventLoop<S> {
             states: Vec::with_capacity(prealloc),
             service,
             scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
+            arena: Vec::new(),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            outgoing: Vec::new(),
             pending: Vec::new(),
             spare: Vec::new(),
             timers: [
@@ -374,10 +408,26 @@ impl<S: Service> EventLoop<S> {
     fn dispatch(&mut self, ev: &Event) {
         match token::decode(ev.token()) {
             Target::Conn { key, seq } => self.conn_event(key, seq, ev),
-            Target::Listener(i) => {
-                trace!("event: listener {i} readable");
-                self.accept(i)
-            }
+            Target::Listener(i) => match self.listeners[i].socket {
+                Some(Socket::Stream(_)) => {
+                    trace!("event: listener {i} readable");
+                    self.accept(i)
+                }
+                Some(Socket::Datagram(_)) => {
+                    trace!(
+                        "event: datagram socket {i}{}{}",
+                        if ev.is_readable() { " readable" } else { "" },
+                        if ev.is_writable() { " writable" } else { "" }
+                    );
+                    if ev.is_writable() {
+                        self.flush_replies(i);
+                    }
+                    if ev.is_readable() || ev.is_error() {
+                        self.receive(i);
+                    }
+                }
+                None => {}
+            },
             Target::Waker => {
                 if self.shared.shutdown.load(Ordering::Acquire) {
                     self.begin_shutdown("shutdown requested");
@@ -413,7 +463,11 @@ impl<S: Service> EventLoop<S> {
             }
             Target::Listener(i) => {
                 self.listeners[i].pending = false;
-                self.accept(i);
+                match self.listeners[i].socket {
+                    Some(Socket::Stream(_)) => self.accept(i),
+                    Some(Socket::Datagram(_)) => self.receive(i),
+                    None => {}
+                }
             }
             _ => {}
         }

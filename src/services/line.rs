@@ -1,12 +1,14 @@
 //! Line mode: input is split on `\n` and each complete line is written back unchanged,
 //! terminator included (`\r\n` stays `\r\n`).
 //!
+//! On a datagram socket each datagram is one message, echoed if it is at most the limit.
+//!
 //! A line longer than the limit (terminator included) gets `ERR line too long\n` and the
 //! connection is closed once that is sent; an unterminated tail at EOF is written back
 //! as it is. The only memory a connection holds is its unterminated line, at most the
 //! limit, and none at all between lines.
 
-use crate::service::{Context, Service};
+use crate::service::{Context, DatagramContext, Service};
 
 /// The reply to a line over the limit, before the connection is closed.
 pub const TOO_LONG: &[u8] = b"ERR line too long\n";
@@ -80,6 +82,16 @@ impl Service for Line {
 
     fn reject_message(&self, _listener: usize) -> &[u8] {
         SERVER_FULL
+    }
+
+    /// A datagram is one message: echoed unchanged when it fits the limit, else
+    /// answered with the error (which the loop drops if it is longer than the request).
+    fn datagram(&mut self, data: &[u8], ctx: &mut DatagramContext<'_>) {
+        if data.len() <= self.max_line {
+            ctx.reply(data);
+        } else {
+            ctx.reply(TOO_LONG);
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::str::FromStr;
 pub use echo::Echo;
 pub use line::{Line, Partial, SERVER_FULL, TOO_LONG};
 
-use crate::service::{ConnId, Context, Service};
+use crate::service::{ConnId, Context, DatagramContext, Service};
 
 /// The line length limit used when none is given (`--max-line`), terminator included.
 pub const DEFAULT_MAX_LINE: usize = 8192;
@@ -143,6 +143,13 @@ impl Service for Modes {
         match self.mode(listener) {
             Mode::Echo => &[],
             Mode::Line => self.line.reject_message(listener),
+        }
+    }
+
+    fn datagram(&mut self, data: &[u8], ctx: &mut DatagramContext<'_>) {
+        match self.mode(ctx.listener()) {
+            Mode::Echo => Echo.datagram(data, ctx),
+            Mode::Line => self.line.datagram(data, ctx),
         }
     }
 }

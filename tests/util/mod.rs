@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,31 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sockloop::{Builder, Endpoint, Handle, Service, Stats};
+
+/// A fresh directory for socket files, removed with everything in it when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("sockloop-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -70,7 +96,7 @@ pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
 }
 
 /// Reads until the peer closes; a reset after data counts as the end too.
-pub fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+pub fn read_to_eof<R: Read>(s: &mut R) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -132,7 +158,10 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
 
 /// The library's loop running on its own thread.
 pub struct LibServer {
+    /// The bound internet addresses, in listener order (Unix listeners are skipped).
     pub addrs: Vec<SocketAddr>,
+    /// Every bound endpoint, in listener order.
+    pub endpoints: Vec<Endpoint>,
     pub handle: Handle,
     thread: Option<JoinHandle<io::Result<Stats>>>,
 }
@@ -150,16 +179,22 @@ impl LibServer {
                     return Err(e);
                 }
             };
-            let addrs: Vec<SocketAddr> = server.local_addrs().iter().map(sockaddr).collect();
-            tx.send(Ok((addrs, server.handle()))).unwrap();
+            tx.send(Ok((server.local_addrs(), server.handle())))
+                .unwrap();
             server.run()
         });
-        let (addrs, handle) = rx
+        let (endpoints, handle) = rx
             .recv_timeout(DEADLINE)
             .expect("server thread did not start")
             .expect("server failed to build");
+        let addrs = endpoints
+            .iter()
+            .filter(|e| e.host_port().is_some())
+            .map(sockaddr)
+            .collect();
         LibServer {
             addrs,
+            endpoints,
             handle,
             thread: Some(thread),
         }

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use log::{error, info};
 
 use sockloop::services::{DEFAULT_MAX_LINE, Mode, Modes};
-use sockloop::{Builder, Url, sys};
+use sockloop::{Builder, Endpoint, ListenOptions, Url, sys};
 
 /// An event-loop echo / line server on raw readiness polling.
 #[derive(Parser, Debug)]
@@ -27,17 +27,21 @@ enum Command {
     Serve(ServeArgs),
 }
 
-/// The listener used when no `--listen` is given.
-const DEFAULT_LISTEN: &str = "tcp://127.0.0.1:5001";
+/// The listeners used when no `--listen` is given: loopback only, binding to all
+/// interfaces is an explicit choice.
+const DEFAULT_LISTEN: &[&str] = &["tcp://127.0.0.1:5001", "udp://127.0.0.1:5001"];
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Address to listen on, repeatable: tcp://HOST:PORT (IPv6 as [::1]:PORT); port 0
-    /// picks a free port. `?mode=MODE` overrides --mode for this listener.
+    /// Address to listen on, repeatable: tcp://HOST:PORT, udp://HOST:PORT (IPv6 as
+    /// [::1]:PORT; port 0 picks a free port), unix:PATH, unixgram:PATH.
+    /// `?mode=MODE` overrides --mode for this listener; `?perm=0660` sets a Unix
+    /// socket file's permissions. Default: tcp://127.0.0.1:5001 and udp://127.0.0.1:5001.
     #[arg(long = "listen", value_name = "URL", value_parser = parse_listen_url)]
     listen: Vec<Url>,
 
-    /// The service: echo (RFC 862) or line (echo each complete line).
+    /// The service: echo (RFC 862) or line (echo each complete line; on datagram
+    /// sockets, each datagram is one line).
     #[arg(long, value_name = "MODE", default_value = "echo", value_parser = parse_mode)]
     mode: Mode,
 
@@ -64,10 +68,16 @@ struct ServeArgs {
     /// On SIGINT/SIGTERM, wait at most this long for connections to drain.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     shutdown_timeout: Duration,
+
+    /// Answer datagrams from source port 0 and the classic service ports (7, 13, 19,
+    /// 37), which are dropped by default so that two servers cannot be made to bounce
+    /// a datagram between them forever.
+    #[arg(long)]
+    allow_service_ports: bool,
 }
 
 /// Query keys a listener URL may carry.
-const LISTEN_PARAMS: &[&str] = &["mode"];
+const LISTEN_PARAMS: &[&str] = &["mode", "perm"];
 
 fn parse_listen_url(s: &str) -> Result<Url, String> {
     let url: Url = s.parse().map_err(|e| format!("{e}"))?;
@@ -81,13 +91,27 @@ fn parse_listen_url(s: &str) -> Result<Url, String> {
         if k == "mode" {
             v.parse::<Mode>()?;
         }
+        if k == "perm" {
+            if url.endpoint.path().is_none() {
+                return Err(format!(
+                    "'{s}': perm= applies to unix: and unixgram: sockets only"
+                ));
+            }
+            parse_perm(v)?;
+        }
     }
-    if !url.endpoint.is_stream() || url.endpoint.path().is_some() {
-        return Err(format!(
-            "'{s}': only tcp:// listeners are served by this version"
-        ));
+    if matches!(url.endpoint, Endpoint::Tls(_)) {
+        return Err(format!("'{s}': tls:// is not served by this version"));
     }
     Ok(url)
+}
+
+/// Octal permission bits, as `chmod` takes them: `0660` or `660`.
+fn parse_perm(v: &str) -> Result<u32, String> {
+    u32::from_str_radix(v, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("perm={v}: expected octal permission bits such as 0660"))
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -118,11 +142,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let listen = if args.listen.is_empty() {
-        vec![
-            DEFAULT_LISTEN
-                .parse::<Url>()
-                .expect("the default listen URL parses"),
-        ]
+        DEFAULT_LISTEN
+            .iter()
+            .map(|u| u.parse::<Url>().expect("the default listen URLs parse"))
+            .collect()
     } else {
         args.listen
     };
@@ -132,6 +155,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         .max_outbuf(args.max_outbuf as usize)
         .shutdown_timeout(args.shutdown_timeout)
         .handle_signals(true)
+        .allow_service_ports(args.allow_service_ports)
         .max_conns(
             args.max_conns
                 .map(|n| n as usize)
@@ -147,7 +171,17 @@ fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         }
-        builder = builder.listen(url.endpoint.clone());
+        let mut options = ListenOptions::default();
+        if let Some(perm) = url.param("perm") {
+            match parse_perm(perm) {
+                Ok(m) => options = options.unix_perm(m),
+                Err(e) => {
+                    eprintln!("sockloop: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        builder = builder.listen_with(url.endpoint.clone(), options);
     }
 
     let mut server = match builder.build(service) {
