@@ -98,6 +98,23 @@ struct Outcome {
     errors: u64,
 }
 
+impl Outcome {
+    /// A rate of `count` per `measure`, with the median and 99th percentile of the
+    /// latency samples (µs).
+    fn from_samples(count: u64, measure: Duration, mut samples: Vec<u32>, errors: u64) -> Outcome {
+        samples.sort_unstable();
+        let pct = |p: f64| {
+            let i = ((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1));
+            samples.get(i).copied().unwrap_or(0) as u64
+        };
+        Outcome {
+            rate: count as f64 / measure.as_secs_f64(),
+            latency_us: Some((pct(0.50), pct(0.99))),
+            errors,
+        }
+    }
+}
+
 type LoopThread = thread::JoinHandle<io::Result<sockloop::Stats>>;
 
 fn start_sockloop() -> (SocketAddr, SocketAddr, sockloop::Handle, LoopThread) {
@@ -280,18 +297,7 @@ fn pingpong(addr: SocketAddr, n: usize, measure: Duration) -> Outcome {
             }
         }
     }
-    samples.sort_unstable();
-    let pct = |p: f64| {
-        samples
-            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as u64
-    };
-    Outcome {
-        rate: msgs as f64 / measure.as_secs_f64(),
-        latency_us: Some((pct(0.50), pct(0.99))),
-        errors,
-    }
+    Outcome::from_samples(msgs, measure, samples, errors)
 }
 
 /// Writes what is left of the current message, stopping at WouldBlock (a writable
@@ -414,16 +420,5 @@ fn udp_flood(addr: SocketAddr, measure: Duration) -> Outcome {
     if lost > 0 {
         eprintln!("udp {addr}: {lost} datagrams lost and re-sent");
     }
-    samples.sort_unstable();
-    let pct = |p: f64| {
-        samples
-            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as u64
-    };
-    Outcome {
-        rate: replies as f64 / measure.as_secs_f64(),
-        latency_us: Some((pct(0.50), pct(0.99))),
-        errors,
-    }
+    Outcome::from_samples(replies, measure, samples, errors)
 }

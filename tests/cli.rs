@@ -4,18 +4,11 @@ mod util;
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::thread;
 
 use nix::sys::signal::Signal;
 use util::{Proc, connect, exchange, pattern, read_to_eof, wait_until};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(util::bin())
-        .args(args)
-        .output()
-        .expect("run sockloop")
-}
 
 #[test]
 fn ready_lines_one_per_listener_in_order_with_real_ports() {
@@ -101,14 +94,7 @@ fn bad_command_lines_exit_2_before_binding() {
         (vec!["serve", "--bogus"], "--bogus"),
         (vec!["frobnicate"], "frobnicate"),
     ] {
-        let out = run(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(
-            err.contains(needle),
-            "{args:?}: stderr lacks '{needle}': {err}"
-        );
-        assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+        util::expect_failure(&args, 2, needle);
     }
 }
 
@@ -116,7 +102,7 @@ fn bad_command_lines_exit_2_before_binding() {
 fn an_address_in_use_exits_1_naming_it() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("tcp://{}", taken.local_addr().unwrap());
-    let out = run(&["serve", "--listen", "tcp://127.0.0.1:0", "--listen", &url]);
+    let out = util::run_bin(&["serve", "--listen", "tcp://127.0.0.1:0", "--listen", &url]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let line = err
@@ -203,7 +189,7 @@ fn trace_log_shows_readiness_events_and_partial_writes() {
 
 #[test]
 fn help_lists_the_serve_options() {
-    let out = run(&["serve", "--help"]);
+    let out = util::run_bin(&["serve", "--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for opt in [

@@ -4,7 +4,6 @@ mod util;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
-use std::process::Command;
 use std::time::Duration;
 
 use sockloop::services::{Echo, Line};
@@ -115,20 +114,7 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         assert addr == (host, port), addr
 print("ok")
 "#;
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &addr.ip().to_string(),
-            &addr.port().to_string(),
-        ])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(util::run_python(script, addr).trim(), "ok");
 }
 
 #[test]

@@ -4,7 +4,6 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -163,21 +162,8 @@ with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     assert back == payload, (len(back), len(payload))
 print("ok", hashlib.sha256(back).hexdigest()[:16])
 "#;
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &addr.ip().to_string(),
-            &addr.port().to_string(),
-        ])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok "));
+    let out = util::run_python(script, addr);
+    assert!(out.starts_with("ok "), "{out}");
 }
 
 /// The client writes 64 MiB and reads nothing. The server must stop reading once its

@@ -5,7 +5,6 @@ mod util;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::Command;
 
 use nix::sys::signal::Signal;
 use sockloop::Builder;
@@ -80,13 +79,7 @@ fn a_regular_file_or_directory_at_the_path_is_refused_and_kept() {
     std::fs::create_dir(&sub).unwrap();
     for (path, scheme) in [(&file, "unix"), (&sub, "unixgram")] {
         let url = format!("{scheme}:{}", path.display());
-        let out = Command::new(util::bin())
-            .args(["serve", "--listen", &url])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains("not a socket"), "{err}");
+        let err = util::expect_failure(&["serve", "--listen", &url], 1, "not a socket");
         assert!(err.contains(&url), "the error names the address: {err}");
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"do not delete");
@@ -112,13 +105,7 @@ fn a_stale_socket_file_is_replaced_but_a_live_one_is_not() {
         b"fresh"
     );
     // While it runs, a second server must not steal the path.
-    let out = Command::new(util::bin())
-        .args(["serve", "--listen", &url])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("another process"), "{err}");
+    util::expect_failure(&["serve", "--listen", &url], 1, "another process");
     assert!(path.exists(), "the live server's socket file was removed");
     drop(server);
 }

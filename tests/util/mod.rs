@@ -248,6 +248,48 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sockloop")
 }
 
+/// Runs `sockloop ARGS` to completion.
+pub fn run_bin(args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run sockloop")
+}
+
+/// Runs `sockloop ARGS`, which must fail with exit `code`, say `needle` on stderr and
+/// print nothing on stdout. Returns stderr.
+pub fn expect_failure(args: &[&str], code: i32, needle: &str) -> String {
+    let out = run_bin(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: stderr lacks '{needle}': {err}"
+    );
+    assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+    err
+}
+
+/// Runs a Python 3 script with `HOST PORT` of `addr` as arguments; it must succeed.
+/// Returns its stdout.
+pub fn run_python(script: &str, addr: SocketAddr) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl Proc {
     /// Starts `sockloop serve ARGS` and waits for one ready line per `--listen`.
     pub fn serve(args: &[&str]) -> Proc {
