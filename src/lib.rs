@@ -36,8 +36,10 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod buffer;
 mod builder;
+pub mod client;
 mod conn;
 mod datagram;
 pub mod endpoint;

@@ -1,17 +1,19 @@
 //! `sockloop`: the command-line shell over the library.
 //!
-//! Exit codes: 0 after a clean shutdown, 1 when the server cannot start (an address
-//! cannot be bound) or fails while running, 2 for a bad command line.
+//! Exit codes: 0 on success; 1 when the server cannot start (an address cannot be
+//! bound) or fails, when `send` cannot connect or gets no reply, and when `bench`
+//! finds errors; 2 for a bad command line.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use log::{error, info};
 
+use sockloop::bench::{self, BenchConfig};
 use sockloop::services::{DEFAULT_MAX_LINE, Mode, Modes};
-use sockloop::{Builder, Endpoint, ListenOptions, Url, sys};
+use sockloop::{Builder, Endpoint, ListenOptions, Url, client, sys};
 
 /// An event-loop echo / line server on raw readiness polling.
 #[derive(Parser, Debug)]
@@ -25,6 +27,73 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Send a message (or all of stdin) and print everything the server sends back.
+    Send(SendArgs),
+    /// Load an echo server and check every byte it echoes.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct SendArgs {
+    /// The server: tcp://HOST:PORT, unix:PATH, udp://HOST:PORT or unixgram:PATH.
+    #[arg(value_name = "URL", value_parser = parse_endpoint)]
+    url: Endpoint,
+
+    /// What to send; without it, all of stdin. Sent as is: no newline is added.
+    #[arg(value_name = "MESSAGE")]
+    message: Option<String>,
+
+    /// Datagrams: how long to wait for the reply.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
+    timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// The echo server: tcp://, unix:, udp:// or unixgram:.
+    #[arg(value_name = "URL", value_parser = parse_endpoint)]
+    url: Endpoint,
+
+    /// Connections (datagram addresses: sockets).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    conns: u64,
+
+    /// Bytes per message.
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    size: u64,
+
+    /// Messages in flight per connection.
+    #[arg(long, value_name = "D", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    depth: u64,
+
+    /// Seconds to measure.
+    #[arg(long, value_name = "T", default_value = "5", value_parser = parse_secs)]
+    secs: Duration,
+
+    /// Seconds to run before measuring, excluded from the figures.
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    warmup: Duration,
+
+    /// Open loop: send R messages per second in total, whatever the server does;
+    /// latency counts from each message's intended send time.
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+
+    /// A new connection for every message (measures connections per second).
+    #[arg(long)]
+    reconnect: bool,
+
+    /// Client threads, each running its own loop over its share of the connections.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: u64,
+
+    /// Datagrams: a datagram unanswered this long is counted lost and replaced.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
+    timeout: Duration,
+
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The listeners used when no `--listen` is given: loopback only, binding to all
@@ -114,6 +183,14 @@ fn parse_perm(v: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("perm={v}: expected octal permission bits such as 0660"))
 }
 
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let ep: Endpoint = s.parse().map_err(|e| format!("{e}"))?;
+    if matches!(ep, Endpoint::Tls(_)) {
+        return Err(format!("'{s}': tls:// is not spoken by this version"));
+    }
+    Ok(ep)
+}
+
 fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse()
 }
@@ -130,6 +207,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Send(args) => send(args),
+        Command::Bench(args) => bench(args),
     }
 }
 
@@ -217,5 +296,64 @@ fn serve(args: ServeArgs) -> ExitCode {
             error!("event loop failed: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn send(args: SendArgs) -> ExitCode {
+    let input = match args.message {
+        Some(m) => m.into_bytes(),
+        None => {
+            let mut all = Vec::new();
+            if let Err(e) = io::stdin().lock().read_to_end(&mut all) {
+                eprintln!("sockloop: reading stdin: {e}");
+                return ExitCode::from(1);
+            }
+            all
+        }
+    };
+    let mut opts = client::SendOptions::default();
+    opts.timeout = args.timeout;
+    let mut out = io::stdout().lock();
+    match client::send(&args.url, &input, &mut out, &opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("sockloop: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    if let Err(e) = sys::raise_nofile_limit() {
+        eprintln!("sockloop: cannot read the descriptor limit: {e}");
+    }
+    let mut cfg = BenchConfig::new(args.url);
+    cfg.conns = args.conns as usize;
+    cfg.size = args.size as usize;
+    cfg.depth = args.depth as usize;
+    cfg.duration = args.secs;
+    cfg.warmup = args.warmup;
+    cfg.rate = args.rate;
+    cfg.reconnect = args.reconnect;
+    cfg.threads = args.threads as usize;
+    cfg.timeout = args.timeout;
+    let report = match bench::run(cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sockloop: {e}");
+            let bad_arguments = e.kind() == io::ErrorKind::InvalidInput;
+            return ExitCode::from(if bad_arguments { 2 } else { 1 });
+        }
+    };
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    if report.errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -1,0 +1,272 @@
+//! The load generator over datagram sockets: each flow is one socket keeping `depth`
+//! datagrams in flight. A reply is matched to its request by content (the sequence
+//! number is mixed into the first bytes), so reordering is fine; a datagram with no
+//! reply within the timeout is counted lost — not an error — and replaced.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Barrier;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use mio::net::{UdpSocket, UnixDatagram};
+use mio::{Events, Interest, Poll, Token};
+
+use super::pattern::Pattern;
+use super::{Share, Tally, Window};
+use crate::client::TempSocketPath;
+use crate::endpoint::Endpoint;
+
+/// Replies to datagrams already declared lost are recognised among this many.
+const RECENTLY_LOST: usize = 256;
+
+enum Sock {
+    Udp(UdpSocket),
+    /// A Unix datagram client needs an address of its own for the replies.
+    Unix(UnixDatagram, #[allow(dead_code)] TempSocketPath),
+}
+
+impl Sock {
+    fn open(endpoint: &Endpoint, addr: Option<SocketAddr>) -> io::Result<Sock> {
+        match (endpoint, addr) {
+            (Endpoint::Udp(_), Some(addr)) => {
+                let local = SocketAddr::new(
+                    match addr.ip() {
+                        IpAddr::V4(ip) if ip.is_loopback() => IpAddr::V4(ip),
+                        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                    },
+                    0,
+                );
+                let s = UdpSocket::bind(local)?;
+                s.connect(addr)?;
+                Ok(Sock::Udp(s))
+            }
+            (Endpoint::UnixDgram(path), _) => {
+                let me = TempSocketPath::new()?;
+                let s = UnixDatagram::bind(&me.0)?;
+                s.connect(path)?;
+                Ok(Sock::Unix(s, me))
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a datagram address",
+            )),
+        }
+    }
+
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Sock::Udp(s) => s,
+            Sock::Unix(s, _) => s,
+        }
+    }
+
+    fn send(&self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Udp(s) => s.send(data),
+            Sock::Unix(s, _) => s.send(data),
+        }
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Udp(s) => s.recv(buf),
+            Sock::Unix(s, _) => s.recv(buf),
+        }
+    }
+}
+
+struct Flow {
+    sock: Sock,
+    next_seq: u64,
+    /// Sequence number, due time (for latency), send time (for the loss timeout).
+    outstanding: VecDeque<(u64, Instant, Instant)>,
+    recently_lost: VecDeque<u64>,
+}
+
+pub(super) fn run(share: &Share, tally: &mut Tally, ready: &Barrier, window: &Receiver<Window>) {
+    let started = Instant::now();
+    let (mut poll, mut flows) = match open_flows(share, tally) {
+        Ok(x) => x,
+        Err(e) => {
+            tally.error(|| format!("datagram sockets: {e}"));
+            ready.wait();
+            return;
+        }
+    };
+    tally.ramp = started.elapsed();
+    ready.wait();
+    let Ok(w) = window.recv() else { return };
+    serve(share, tally, &w, &mut poll, &mut flows);
+}
+
+fn open_flows(share: &Share, tally: &mut Tally) -> io::Result<(Poll, Vec<Option<Flow>>)> {
+    let poll = Poll::new()?;
+    let mut flows = Vec::with_capacity(share.conns);
+    for i in 0..share.conns {
+        match Sock::open(&share.cfg.endpoint, share.addr) {
+            Ok(mut sock) => {
+                poll.registry()
+                    .register(sock.source(), Token(i), Interest::READABLE)?;
+                tally.connected += 1;
+                flows.push(Some(Flow {
+                    sock,
+                    next_seq: 0,
+                    outstanding: VecDeque::new(),
+                    recently_lost: VecDeque::new(),
+                }));
+            }
+            Err(e) => {
+                tally.error(|| format!("datagram socket: {e}"));
+                flows.push(None);
+            }
+        }
+    }
+    Ok((poll, flows))
+}
+
+fn issue(
+    id: u32,
+    f: &mut Flow,
+    due: Instant,
+    pattern: &Pattern,
+    msg: &mut [u8],
+    tally: &mut Tally,
+) {
+    let seq = f.next_seq;
+    f.next_seq += 1;
+    pattern.fill(id, seq, msg);
+    match f.sock.send(msg) {
+        Ok(_) => f.outstanding.push_back((seq, due, Instant::now())),
+        // The socket's buffer is full: this datagram never left, which is a loss.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => tally.lost += 1,
+        Err(e) => tally.error(|| format!("flow {id}: send: {e}")),
+    }
+}
+
+fn serve(
+    share: &Share,
+    tally: &mut Tally,
+    window: &Window,
+    poll: &mut Poll,
+    flows: &mut [Option<Flow>],
+) {
+    let cfg = &share.cfg;
+    let pattern = Pattern::new();
+    let mut msg = vec![0u8; cfg.size];
+    let mut buf = vec![0u8; 64 * 1024 + 1];
+    let mut events = Events::with_capacity(1024);
+    let open_loop = share.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut next_due = window.start;
+    let mut slot = 0usize;
+    let mut last_scan = Instant::now();
+    let id = |i: usize| share.first + i as u32;
+    if open_loop.is_none() {
+        for (i, f) in flows.iter_mut().enumerate() {
+            if let Some(f) = f {
+                for _ in 0..cfg.depth {
+                    issue(id(i), f, Instant::now(), &pattern, &mut msg, tally);
+                }
+            }
+        }
+    }
+    loop {
+        let now = Instant::now();
+        if now >= window.drain_until
+            || (now >= window.end && flows.iter().flatten().all(|f| f.outstanding.is_empty()))
+        {
+            break;
+        }
+        let mut timeout = Duration::from_millis(10);
+        if let Some(interval) = open_loop {
+            while next_due <= now && next_due < window.end && !flows.is_empty() {
+                let i = slot % flows.len();
+                slot += 1;
+                if let Some(f) = flows[i].as_mut() {
+                    issue(id(i), f, next_due, &pattern, &mut msg, tally);
+                }
+                next_due += interval;
+            }
+            if next_due < window.end {
+                timeout = timeout.min(next_due.saturating_duration_since(now));
+            }
+        }
+        // Datagrams unanswered for too long are lost; in closed loop, replace them.
+        if now.duration_since(last_scan) >= Duration::from_millis(10) {
+            last_scan = now;
+            for (i, f) in flows.iter_mut().enumerate() {
+                let Some(f) = f else { continue };
+                while f
+                    .outstanding
+                    .front()
+                    .is_some_and(|&(_, _, sent)| now.duration_since(sent) >= cfg.timeout)
+                {
+                    let (seq, _, _) = f.outstanding.pop_front().expect("checked");
+                    tally.lost += 1;
+                    f.recently_lost.push_back(seq);
+                    if f.recently_lost.len() > RECENTLY_LOST {
+                        f.recently_lost.pop_front();
+                    }
+                    if open_loop.is_none() && now < window.end {
+                        issue(id(i), f, now, &pattern, &mut msg, tally);
+                    }
+                }
+            }
+        }
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tally.error(|| format!("poll: {e}"));
+                return;
+            }
+        }
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let Some(f) = flows.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            loop {
+                let n = match f.sock.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // ICMP-induced (the server is not there): every datagram in
+                        // flight is as good as lost; the timeout will count them.
+                        tally.error(|| format!("flow {}: receive: {e}", id(i)));
+                        break;
+                    }
+                };
+                let reply = &buf[..n];
+                let matched = (n == cfg.size)
+                    .then(|| {
+                        f.outstanding
+                            .iter()
+                            .position(|&(seq, _, _)| pattern.check(id(i), seq, 0, reply))
+                    })
+                    .flatten();
+                match matched {
+                    Some(pos) => {
+                        let (_, due, _) = f.outstanding.remove(pos).expect("a position in range");
+                        let done = Instant::now();
+                        tally.completed(window, due, done);
+                        if open_loop.is_none() && done < window.end {
+                            issue(id(i), f, done, &pattern, &mut msg, tally);
+                        }
+                    }
+                    None if n == cfg.size
+                        && f.recently_lost
+                            .iter()
+                            .any(|&seq| pattern.check(id(i), seq, 0, reply)) => {}
+                    None => tally.error(|| {
+                        format!("flow {}: a {n}-byte reply matching nothing sent", id(i))
+                    }),
+                }
+            }
+        }
+    }
+    for f in flows.iter().flatten() {
+        tally.lost += f.outstanding.len() as u64;
+    }
+}

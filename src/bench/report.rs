@@ -1,0 +1,156 @@
+//! What a benchmark run found, for people (`Display`) and for programs (JSON).
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::{BenchConfig, Tally};
+
+/// The result of a [`run`](super::run). Serialises to the object `--json` prints.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Report {
+    /// The server measured.
+    pub url: String,
+    /// `closed`, `open` or `reconnect`.
+    pub mode: &'static str,
+    /// Connections (or datagram flows) asked for.
+    pub conns: usize,
+    /// Connections that were established during the ramp-up.
+    pub connected: usize,
+    /// Client threads.
+    pub threads: usize,
+    /// Bytes per message.
+    pub size: usize,
+    /// Messages in flight per connection (closed loop).
+    pub depth: usize,
+    /// The measured window, in seconds.
+    pub secs: f64,
+    /// The warm-up before it, in seconds.
+    pub warmup_secs: f64,
+    /// The open-loop target rate, messages per second.
+    pub rate: Option<f64>,
+    /// Messages echoed completely inside the window.
+    pub msgs: u64,
+    /// Messages per second.
+    pub msgs_per_sec: f64,
+    /// Echoed payload, in MB (10^6 bytes) per second.
+    pub mb_per_sec: f64,
+    /// New connections per second (reconnect mode).
+    pub conns_per_sec: Option<f64>,
+    /// Latency percentiles and maximum, µs (from the intended send time in open loop).
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// The slowest message.
+    pub max_us: u64,
+    /// The mean.
+    pub mean_us: f64,
+    /// Wrong, missing or extra bytes, failed connections, unexpected closes.
+    pub errors: u64,
+    /// Datagrams never answered within the timeout (not errors: datagrams may be lost).
+    pub lost: u64,
+    /// How long connecting took, in seconds.
+    pub ramp_secs: f64,
+    /// What the first error was.
+    pub first_error: Option<String>,
+}
+
+impl Report {
+    pub(super) fn new(cfg: &BenchConfig, threads: usize, t: &Tally) -> Report {
+        let secs = cfg.duration.as_secs_f64();
+        let q = |p: f64| {
+            if t.hist.is_empty() {
+                0
+            } else {
+                t.hist.value_at_quantile(p)
+            }
+        };
+        Report {
+            url: cfg.endpoint.to_string(),
+            mode: if cfg.reconnect {
+                "reconnect"
+            } else if cfg.rate.is_some() {
+                "open"
+            } else {
+                "closed"
+            },
+            conns: cfg.conns,
+            connected: t.connected,
+            threads,
+            size: cfg.size,
+            depth: cfg.depth,
+            secs,
+            warmup_secs: cfg.warmup.as_secs_f64(),
+            rate: cfg.rate,
+            msgs: t.msgs,
+            msgs_per_sec: t.msgs as f64 / secs,
+            mb_per_sec: (t.msgs as f64 * cfg.size as f64) / secs / 1e6,
+            conns_per_sec: cfg.reconnect.then(|| t.conns_done as f64 / secs),
+            p50_us: q(0.50),
+            p90_us: q(0.90),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            max_us: if t.hist.is_empty() { 0 } else { t.hist.max() },
+            mean_us: if t.hist.is_empty() {
+                0.0
+            } else {
+                t.hist.mean()
+            },
+            errors: t.errors,
+            lost: t.lost,
+            ramp_secs: t.ramp.as_secs_f64(),
+            first_error: t.first_error.clone(),
+        }
+    }
+
+    /// The report as one line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a report always serialises")
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.mode {
+            "reconnect" => "a new connection per message".to_string(),
+            "open" => format!("open loop at {:.0} msg/s", self.rate.unwrap_or(0.0)),
+            _ => format!("depth {}", self.depth),
+        };
+        writeln!(
+            f,
+            "bench {}: {} connections, {what}, {} B messages, {} thread(s), {:.2} s measured after {:.2} s warm-up",
+            self.url, self.conns, self.size, self.threads, self.secs, self.warmup_secs
+        )?;
+        writeln!(
+            f,
+            "  connected   {} of {} in {:.2} s",
+            self.connected, self.conns, self.ramp_secs
+        )?;
+        writeln!(
+            f,
+            "  messages    {} = {:.0} msg/s, {:.2} MB/s",
+            self.msgs, self.msgs_per_sec, self.mb_per_sec
+        )?;
+        if let Some(c) = self.conns_per_sec {
+            writeln!(f, "  connections {c:.0} conn/s")?;
+        }
+        writeln!(
+            f,
+            "  latency µs  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us
+        )?;
+        write!(f, "  errors      {}", self.errors)?;
+        if self.lost > 0 {
+            write!(f, "  (lost datagrams: {})", self.lost)?;
+        }
+        if let Some(e) = &self.first_error {
+            write!(f, "\n  first error {e}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,361 @@
+//! The client commands: `sockloop send` and `sockloop bench`, against our server, a
+//! Python server, and servers written here to misbehave.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Command, Stdio};
+use std::thread;
+
+use util::{Proc, TempDir, pattern};
+
+fn sockloop(args: &[&str]) -> std::process::Output {
+    util::run_bin(args)
+}
+
+fn send_stdin(url: &str, input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(util::bin())
+        .args(["send", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    out
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn send_over_every_scheme() {
+    let dir = TempDir::new();
+    let sock = format!("unix:{}", dir.join("s.sock").display());
+    let dgram = format!("unixgram:{}", dir.join("s.dgram").display());
+    let server = Proc::serve(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--listen",
+        "tcp://[::1]:0",
+        "--listen",
+        &sock,
+        "--listen",
+        &dgram,
+    ]);
+    for ready in &server.ready {
+        let url = ready.strip_prefix("listening ").unwrap();
+        let out = sockloop(&["send", url, "hello, no newline"]);
+        assert!(
+            out.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"hello, no newline", "{url}");
+    }
+}
+
+#[test]
+fn send_reads_stdin_completely() {
+    let server = Proc::serve(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--listen",
+        "udp://127.0.0.1:0",
+    ]);
+    // Larger than every buffer on the way: reading and writing must overlap.
+    let big = pattern(20 << 20, 21);
+    let url = server.ready[0].strip_prefix("listening ").unwrap();
+    let out = send_stdin(url, &big);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == big, "echoed stdin differs");
+    let url = server.ready[1].strip_prefix("listening ").unwrap();
+    let out = send_stdin(url, b"one datagram from stdin");
+    assert_eq!(out.stdout, b"one datagram from stdin");
+}
+
+#[test]
+fn send_fails_cleanly() {
+    // Refused: nobody listens on a port we just closed.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = util::expect_failure(
+        &["send", &format!("tcp://127.0.0.1:{port}"), "x"],
+        1,
+        "refused",
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    util::expect_failure(
+        &["send", "tcp://no-such-host.invalid:5001", "x"],
+        1,
+        "no-such-host.invalid",
+    );
+    // A UDP socket that never answers: the timeout.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let url = format!("udp://{}", silent.local_addr().unwrap());
+    let t = std::time::Instant::now();
+    util::expect_failure(
+        &["send", &url, "anyone?", "--timeout", "0.5"],
+        1,
+        "no reply",
+    );
+    assert!(t.elapsed() >= std::time::Duration::from_millis(450));
+    util::expect_failure(&["send", "ftp://x:1", "x"], 2, "unknown scheme");
+}
+
+/// An echo server written with Python's `socketserver`, as its documentation shows.
+#[test]
+fn send_talks_to_a_python_socketserver() {
+    let script = r#"
+import socketserver, sys
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        while True:
+            data = self.request.recv(65536)
+            if not data:
+                break
+            self.request.sendall(data)
+with socketserver.TCPServer(("127.0.0.1", 0), Echo) as srv:
+    print(srv.server_address[1], flush=True)
+    srv.handle_request()
+"#;
+    let mut py = Command::new("python3")
+        .args(["-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    BufReader::new(py.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = format!("tcp://127.0.0.1:{}", line.trim());
+    let data = pattern(3 << 20, 22);
+    let out = send_stdin(&url, &data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == data);
+    assert!(py.wait().unwrap().success());
+}
+
+#[test]
+fn bench_finds_no_errors_against_sockloop_on_every_scheme() {
+    let dir = TempDir::new();
+    let sock = format!("unix:{}", dir.join("b.sock").display());
+    let dgram = format!("unixgram:{}", dir.join("b.dgram").display());
+    let server = Proc::serve(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--listen",
+        &sock,
+        "--listen",
+        &dgram,
+    ]);
+    for ready in &server.ready {
+        let url = ready.strip_prefix("listening ").unwrap();
+        let out = sockloop(&[
+            "bench", url, "--conns", "20", "--depth", "4", "--size", "100", "--secs", "0.5",
+            "--json",
+        ]);
+        let r = json(&out);
+        assert!(out.status.success(), "{url}: {r}");
+        assert_eq!(r["errors"], 0, "{url}: {r}");
+        assert_eq!(r["connected"], 20, "{url}: {r}");
+        assert!(r["msgs"].as_u64().unwrap() > 100, "{url}: {r}");
+    }
+    // Reconnect mode and several threads.
+    let tcp = server.ready[0].strip_prefix("listening ").unwrap();
+    let r = json(&sockloop(&[
+        "bench",
+        tcp,
+        "--reconnect",
+        "--conns",
+        "4",
+        "--secs",
+        "0.5",
+        "--json",
+    ]));
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["conns_per_sec"].as_f64().unwrap() > 100.0, "{r}");
+    let r = json(&sockloop(&[
+        "bench",
+        tcp,
+        "--conns",
+        "10",
+        "--threads",
+        "2",
+        "--secs",
+        "0.5",
+        "--json",
+    ]));
+    assert_eq!(
+        (r["errors"].as_u64(), r["threads"].as_u64()),
+        (Some(0), Some(2)),
+        "{r}"
+    );
+}
+
+#[test]
+fn bench_json_has_every_field() {
+    let server = Proc::serve(&["--listen", "tcp://127.0.0.1:0"]);
+    let url = server.ready[0].strip_prefix("listening ").unwrap();
+    let out = sockloop(&["bench", url, "--secs", "0.3", "--warmup", "0.1", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "one JSON object on one line"
+    );
+    let r = json(&out);
+    for key in [
+        "conns",
+        "msgs",
+        "msgs_per_sec",
+        "mb_per_sec",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+        "errors",
+    ] {
+        assert!(
+            r.get(key).is_some_and(|v| v.is_number()),
+            "{key} missing in {r}"
+        );
+    }
+    assert!(
+        r["p50_us"].as_u64() <= r["p99_us"].as_u64()
+            && r["p99_us"].as_u64() <= r["max_us"].as_u64()
+    );
+    assert!(
+        out.stderr.is_empty() || !String::from_utf8_lossy(&out.stderr).contains('\r'),
+        "no progress line when stderr is not a terminal"
+    );
+}
+
+/// A server that echoes but flips one byte of every connection's stream: the bench
+/// must notice, report it, and exit non-zero.
+#[test]
+fn bench_catches_a_corrupting_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut total = 0usize;
+                loop {
+                    let n = match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if total <= 100 && 100 < total + n {
+                        buf[100 - total] ^= 0x20;
+                    }
+                    total += n;
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let out = sockloop(&[
+        "bench",
+        &format!("tcp://{addr}"),
+        "--conns",
+        "3",
+        "--secs",
+        "0.5",
+        "--json",
+    ]);
+    let r = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert!(
+        r["errors"].as_u64().unwrap() >= 3,
+        "every connection is corrupted once: {r}"
+    );
+    assert!(
+        r["first_error"].as_str().unwrap().contains("wrong bytes"),
+        "{r}"
+    );
+}
+
+/// A UDP server that answers with one byte changed, and one that answers twice.
+#[test]
+fn bench_catches_a_corrupting_datagram_server() {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut n_seen = 0u64;
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            n_seen += 1;
+            if n_seen % 10 == 0 {
+                buf[n - 1] ^= 1;
+            }
+            let _ = sock.send_to(&buf[..n], peer);
+        }
+    });
+    let out = sockloop(&[
+        "bench",
+        &format!("udp://{addr}"),
+        "--secs",
+        "0.5",
+        "--timeout",
+        "0.2",
+        "--json",
+    ]);
+    let r = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert!(r["errors"].as_u64().unwrap() > 0, "{r}");
+}
+
+/// Open loop: the rate is the client's, not the server's.
+#[test]
+fn open_loop_hits_its_target_rate() {
+    let server = Proc::serve(&["--listen", "tcp://127.0.0.1:0"]);
+    let url = server.ready[0].strip_prefix("listening ").unwrap();
+    let r = json(&sockloop(&[
+        "bench", url, "--conns", "10", "--rate", "5000", "--secs", "1", "--json",
+    ]));
+    let rate = r["msgs_per_sec"].as_f64().unwrap();
+    assert!(
+        (4500.0..=5500.0).contains(&rate),
+        "{rate} msg/s for a 5000 target: {r}"
+    );
+    assert_eq!(r["mode"], "open");
+    assert_eq!(r["errors"], 0);
+}
+
+#[test]
+fn bench_rejects_impossible_settings() {
+    util::expect_failure(&["bench", "udp://127.0.0.1:9", "--size", "4"], 2, "--size");
+    util::expect_failure(
+        &["bench", "udp://127.0.0.1:9", "--reconnect"],
+        2,
+        "--reconnect",
+    );
+    util::expect_failure(&["bench", "tcp://127.0.0.1:9", "--conns", "0"], 2, "conns");
+}
