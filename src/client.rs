@@ -71,6 +71,16 @@ pub(crate) fn connect(
             sock.set_nonblocking(true)?;
             sock.set_tcp_nodelay(true)?;
             if let Some(ip) = source {
+                // Choose the port at connect time, by the whole 4-tuple, not at bind
+                // time: after many short connections most ports sit in TIME_WAIT, and a
+                // bind-time choice can reuse none of them (connect slows to a crawl).
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                nix::sys::socket::setsockopt(
+                    &sock,
+                    nix::sys::socket::sockopt::IpBindAddressNoPort,
+                    &true,
+                )
+                .map_err(io::Error::from)?;
                 sock.bind(&SocketAddr::new(ip, 0).into())?;
             }
             match sock.connect(&addr.into()) {
