@@ -35,23 +35,28 @@ fn json(out: &std::process::Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-#[test]
-fn send_over_every_scheme() {
-    let dir = TempDir::new();
+/// A server on every scheme: TCP over IPv4 and IPv6, UDP, Unix stream and datagram.
+fn every_scheme(dir: &TempDir) -> Proc {
     let sock = format!("unix:{}", dir.join("s.sock").display());
     let dgram = format!("unixgram:{}", dir.join("s.dgram").display());
-    let server = Proc::serve(&[
+    Proc::serve(&[
         "--listen",
         "tcp://127.0.0.1:0",
         "--listen",
-        "udp://127.0.0.1:0",
-        "--listen",
         "tcp://[::1]:0",
+        "--listen",
+        "udp://127.0.0.1:0",
         "--listen",
         &sock,
         "--listen",
         &dgram,
-    ]);
+    ])
+}
+
+#[test]
+fn send_over_every_scheme() {
+    let dir = TempDir::new();
+    let server = every_scheme(&dir);
     for ready in &server.ready {
         let url = ready.strip_prefix("listening ").unwrap();
         let out = sockloop(&["send", url, "hello, no newline"]);
@@ -158,18 +163,7 @@ with socketserver.TCPServer(("127.0.0.1", 0), Echo) as srv:
 #[test]
 fn bench_finds_no_errors_against_sockloop_on_every_scheme() {
     let dir = TempDir::new();
-    let sock = format!("unix:{}", dir.join("b.sock").display());
-    let dgram = format!("unixgram:{}", dir.join("b.dgram").display());
-    let server = Proc::serve(&[
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--listen",
-        "udp://127.0.0.1:0",
-        "--listen",
-        &sock,
-        "--listen",
-        &dgram,
-    ]);
+    let server = every_scheme(&dir);
     for ready in &server.ready {
         let url = ready.strip_prefix("listening ").unwrap();
         let out = sockloop(&[
@@ -358,4 +352,31 @@ fn bench_rejects_impossible_settings() {
         "--reconnect",
     );
     util::expect_failure(&["bench", "tcp://127.0.0.1:9", "--conns", "0"], 2, "conns");
+}
+
+/// On a terminal, a progress line is redrawn once a second on stderr. `script` runs the
+/// command on a pseudo-terminal and records what it printed.
+#[test]
+fn progress_line_on_a_terminal() {
+    let server = Proc::serve(&["--listen", "tcp://127.0.0.1:0"]);
+    let url = server.ready[0].strip_prefix("listening ").unwrap();
+    let dir = TempDir::new();
+    let log = dir.join("typescript");
+    let cmd = format!("{} bench {url} --secs 2.5 --json", util::bin());
+    let status = Command::new("script")
+        .args(["-qfec", &cmd, &log.display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("script (util-linux) runs");
+    assert!(status.success());
+    let screen = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    assert!(
+        screen.contains("msg/s") && screen.contains("measuring"),
+        "no progress line: {screen}"
+    );
+    assert!(
+        screen.contains("\"errors\":0"),
+        "the report still comes: {screen}"
+    );
 }
