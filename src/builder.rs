@@ -1,6 +1,7 @@
 //! Building an [`EventLoop`]: which addresses to listen on and the limits to keep.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::endpoint::Endpoint;
@@ -32,6 +33,9 @@ pub struct Config {
     pub accept_budget: u32,
     /// How long a closing connection discards input waiting for the peer to close.
     pub linger: Duration,
+    /// How long a TLS connection may take to complete its handshake, counted from
+    /// accept; a client that connects and never sends a ClientHello is closed then.
+    pub handshake_timeout: Duration,
     /// How long a graceful shutdown waits for connections to drain.
     pub shutdown_timeout: Duration,
     /// Handle SIGINT/SIGTERM (graceful shutdown; a second one stops at once) and
@@ -65,6 +69,7 @@ impl Default for Config {
             read_budget: 16,
             accept_budget: 256,
             linger: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             handle_signals: false,
             reuse_port: false,
@@ -93,21 +98,32 @@ impl Default for Config {
 pub struct Builder {
     listen: Vec<(Endpoint, ListenOptions)>,
     config: Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Options of one listener that belong to the socket, not to the service.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct ListenOptions {
     /// Permission bits for a Unix socket file, as `chmod` takes them (`0o660`);
     /// `None` keeps what the umask gives.
     pub unix_perm: Option<u32>,
+    /// The TLS server configuration of a `tls://` listener; `None` uses the one given
+    /// to [`Builder::tls`].
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ListenOptions {
     /// Sets the permission bits of a Unix socket file.
     pub fn unix_perm(mut self, mode: u32) -> Self {
         self.unix_perm = Some(mode);
+        self
+    }
+
+    /// Sets this listener's TLS configuration (certificate, key, client
+    /// authentication); see [`tls::server_config`](crate::tls::server_config).
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
         self
     }
 }
@@ -127,6 +143,19 @@ impl Builder {
     /// Adds a listener with socket options (a Unix socket file's permissions).
     pub fn listen_with(mut self, endpoint: Endpoint, options: ListenOptions) -> Self {
         self.listen.push((endpoint, options));
+        self
+    }
+
+    /// The TLS configuration of every `tls://` listener that has none of its own; see
+    /// [`tls::server_config`](crate::tls::server_config).
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Sets [`Config::handshake_timeout`].
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.config.handshake_timeout = d;
         self
     }
 
@@ -194,6 +223,7 @@ impl Builder {
             let opts = BindOptions {
                 reuse_port: self.config.reuse_port,
                 unix_perm: options.unix_perm,
+                tls: options.tls.clone().or_else(|| self.tls.clone()),
             };
             let bound = Bound::bind(ep, opts)?;
             let local = bound.local_endpoint(ep)?;

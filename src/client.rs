@@ -15,6 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::buffer::SendBuf;
 use crate::endpoint::Endpoint;
+use crate::tls::{self, TlsClient};
 use crate::transport::Stream;
 
 /// Options of [`send`].
@@ -23,13 +24,32 @@ use crate::transport::Stream;
 pub struct SendOptions {
     /// How long a datagram waits for its reply.
     pub timeout: Duration,
+    /// How to speak TLS to a `tls://` endpoint; `None` trusts the system's roots and
+    /// expects the URL's host in the server's certificate.
+    pub tls: Option<TlsClient>,
 }
 
 impl Default for SendOptions {
     fn default() -> Self {
         SendOptions {
             timeout: Duration::from_secs(2),
+            tls: None,
         }
+    }
+}
+
+/// The TLS client for `endpoint`: `given`, or one that trusts the system's roots and
+/// checks the URL's host name.
+pub(crate) fn tls_client_for(
+    endpoint: &Endpoint,
+    given: Option<&TlsClient>,
+) -> io::Result<Option<TlsClient>> {
+    let Endpoint::Tls(hp) = endpoint else {
+        return Ok(None);
+    };
+    match given {
+        Some(t) => Ok(Some(t.clone())),
+        None => TlsClient::new(tls::client_config(None, None)?, hp.host()).map(Some),
     }
 }
 
@@ -55,14 +75,16 @@ pub(crate) fn resolve(endpoint: &Endpoint) -> io::Result<SocketAddr> {
 ///
 /// `source` binds the local end to an address first (the load generator spreads many
 /// connections over several loopback addresses, so the kernel's search for a free
-/// ephemeral port stays short).
+/// ephemeral port stays short). A `tls://` endpoint needs `tls`; its handshake runs
+/// as the stream is read (see [`Stream::take_established`]).
 pub(crate) fn connect(
     endpoint: &Endpoint,
     addr: Option<SocketAddr>,
     source: Option<IpAddr>,
+    tls: Option<&TlsClient>,
 ) -> io::Result<Stream> {
     match endpoint {
-        Endpoint::Tcp(_) => {
+        Endpoint::Tcp(_) | Endpoint::Tls(_) => {
             let addr = match addr {
                 Some(a) => a,
                 None => resolve(endpoint)?,
@@ -88,7 +110,15 @@ pub(crate) fn connect(
                 Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
                 Err(e) => return Err(e),
             }
-            Ok(Stream::Tcp(TcpStream::from_std(sock.into())))
+            let tcp = TcpStream::from_std(sock.into());
+            match (endpoint, tls) {
+                (Endpoint::Tls(_), Some(t)) => Ok(Stream::Tls(Box::new(t.wrap(tcp)?))),
+                (Endpoint::Tls(_), None) => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a tls:// address needs a TLS client configuration",
+                )),
+                _ => Ok(Stream::Tcp(tcp)),
+            }
         }
         Endpoint::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
         other => Err(io::Error::new(
@@ -125,16 +155,24 @@ pub fn send(
         Endpoint::Udp(_) | Endpoint::UnixDgram(_) => {
             send_datagram(endpoint, input, out, opts).map_err(context)
         }
-        _ => send_stream(endpoint, input, out).map_err(context),
+        _ => {
+            let tls = tls_client_for(endpoint, opts.tls.as_ref()).map_err(context)?;
+            send_stream(endpoint, input, out, tls.as_ref()).map_err(context)
+        }
     }
 }
 
 const CONN: Token = Token(0);
 
-fn send_stream(endpoint: &Endpoint, input: &[u8], out: &mut dyn Write) -> io::Result<()> {
+fn send_stream(
+    endpoint: &Endpoint,
+    input: &[u8],
+    out: &mut dyn Write,
+    tls: Option<&TlsClient>,
+) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(16);
-    let mut stream = connect(endpoint, None, None)?;
+    let mut stream = connect(endpoint, None, None, tls)?;
     poll.registry().register(
         stream.source(),
         CONN,
@@ -160,15 +198,9 @@ fn send_stream(endpoint: &Endpoint, input: &[u8], out: &mut dyn Write) -> io::Re
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot connect: {e}")))?;
                 connected = true;
             }
-            // Write what the socket takes; a writable event brings the rest.
-            if !pending.is_empty() {
-                pending.write_to(&mut stream)?;
-            }
-            if pending.is_empty() && !write_shut {
-                stream.shutdown_write()?;
-                write_shut = true;
-            }
-            // Edge-triggered: read until the kernel has nothing more.
+            // Edge-triggered: read until the kernel has nothing more. Reading first
+            // also moves a TLS handshake along, so the writes below can go out in
+            // the same turn once it is complete.
             loop {
                 match stream.read(&mut buf) {
                     Ok(0) => {
@@ -185,6 +217,18 @@ fn send_stream(endpoint: &Endpoint, input: &[u8], out: &mut dyn Write) -> io::Re
                     Ok(n) => out.write_all(&buf[..n])?,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // Write what the socket takes; a writable event brings the rest.
+            stream.flush_pending()?;
+            if !pending.is_empty() {
+                pending.write_to(&mut stream)?;
+            }
+            if pending.is_empty() && !write_shut {
+                match stream.shutdown_write() {
+                    Ok(()) => write_shut = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
             }

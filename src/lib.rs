@@ -50,6 +50,7 @@ pub mod services;
 pub mod stats;
 pub mod sys;
 mod timer;
+pub mod tls;
 mod token;
 mod transport;
 

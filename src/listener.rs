@@ -18,12 +18,14 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mio::event::Source;
 use mio::net::{TcpListener, UdpSocket, UnixDatagram, UnixListener};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::endpoint::Endpoint;
+use crate::tls::TlsStream;
 use crate::transport::{PeerAddr, Stream};
 
 /// The accept queue length asked of `listen`; the kernel caps it at
@@ -31,12 +33,14 @@ use crate::transport::{PeerAddr, Stream};
 const BACKLOG: i32 = 65_535;
 
 /// How to bind.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct BindOptions {
     /// Set `SO_REUSEPORT`, so that several loops can each bind the same port.
     pub(crate) reuse_port: bool,
     /// Permission bits for a Unix socket file (`?perm=0660`); `None` leaves the umask's.
     pub(crate) unix_perm: Option<u32>,
+    /// The server side of TLS, for a `tls://` endpoint.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A bound, non-blocking socket that produces connections.
@@ -44,6 +48,11 @@ pub(crate) struct BindOptions {
 pub(crate) enum Listener {
     /// A TCP listener.
     Tcp(TcpListener),
+    /// A TCP listener whose connections speak TLS.
+    Tls {
+        sock: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+    },
     /// A Unix stream listener; the socket file goes when it does.
     Unix {
         sock: UnixListener,
@@ -83,7 +92,7 @@ impl Bound {
         match endpoint {
             Endpoint::Tcp(hp) => {
                 let addr = inet(hp).map_err(context)?;
-                let sock = inet_socket(addr, Type::STREAM, Protocol::TCP, opts).map_err(context)?;
+                let sock = inet_socket(addr, Type::STREAM, Protocol::TCP, &opts).map_err(context)?;
                 sock.listen(BACKLOG).map_err(context)?;
                 Ok(Bound::Stream(Listener::Tcp(TcpListener::from_std(
                     sock.into(),
@@ -91,13 +100,13 @@ impl Bound {
             }
             Endpoint::Udp(hp) => {
                 let addr = inet(hp).map_err(context)?;
-                let sock = inet_socket(addr, Type::DGRAM, Protocol::UDP, opts).map_err(context)?;
+                let sock = inet_socket(addr, Type::DGRAM, Protocol::UDP, &opts).map_err(context)?;
                 Ok(Bound::Datagram(DgramSocket::Udp(UdpSocket::from_std(
                     sock.into(),
                 ))))
             }
             Endpoint::Unix(path) => {
-                let (sock, file) = unix_socket(path, Type::STREAM, opts).map_err(context)?;
+                let (sock, file) = unix_socket(path, Type::STREAM, &opts).map_err(context)?;
                 sock.listen(BACKLOG).map_err(context)?;
                 let std = std::os::unix::net::UnixListener::from(OwnedFd::from(sock));
                 Ok(Bound::Stream(Listener::Unix {
@@ -106,24 +115,37 @@ impl Bound {
                 }))
             }
             Endpoint::UnixDgram(path) => {
-                let (sock, file) = unix_socket(path, Type::DGRAM, opts).map_err(context)?;
+                let (sock, file) = unix_socket(path, Type::DGRAM, &opts).map_err(context)?;
                 let std = std::os::unix::net::UnixDatagram::from(OwnedFd::from(sock));
                 Ok(Bound::Datagram(DgramSocket::Unix {
                     sock: UnixDatagram::from_std(std),
                     _file: file,
                 }))
             }
-            Endpoint::Tls(_) => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("cannot bind {endpoint}: TLS is not served by this version"),
-            )),
+            Endpoint::Tls(hp) => {
+                let config = opts.tls.clone().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("cannot bind {endpoint}: no TLS certificate and key given"),
+                    )
+                })?;
+                let addr = inet(hp).map_err(context)?;
+                let sock = inet_socket(addr, Type::STREAM, Protocol::TCP, &opts).map_err(context)?;
+                sock.listen(BACKLOG).map_err(context)?;
+                Ok(Bound::Stream(Listener::Tls {
+                    sock: TcpListener::from_std(sock.into()),
+                    config,
+                }))
+            }
         }
     }
 
     /// The bound endpoint, with port 0 resolved to the real port.
     pub(crate) fn local_endpoint(&self, asked: &Endpoint) -> io::Result<Endpoint> {
         Ok(match self {
-            Bound::Stream(Listener::Tcp(l)) => asked.with_addr(l.local_addr()?),
+            Bound::Stream(Listener::Tcp(l) | Listener::Tls { sock: l, .. }) => {
+                asked.with_addr(l.local_addr()?)
+            }
             Bound::Datagram(DgramSocket::Udp(s)) => asked.with_addr(s.local_addr()?),
             Bound::Stream(Listener::Unix { .. }) | Bound::Datagram(DgramSocket::Unix { .. }) => {
                 asked.clone()
@@ -136,7 +158,7 @@ impl Listener {
     /// The socket as something `poll` can register.
     pub(crate) fn source(&mut self) -> &mut dyn Source {
         match self {
-            Listener::Tcp(l) => l,
+            Listener::Tcp(l) | Listener::Tls { sock: l, .. } => l,
             Listener::Unix { sock, .. } => sock,
         }
     }
@@ -150,6 +172,12 @@ impl Listener {
                 // waiting for an ACK. Failure only costs latency, so it is not fatal.
                 let _ = s.set_nodelay(true);
                 Ok((Stream::Tcp(s), PeerAddr::Inet(peer)))
+            }
+            Listener::Tls { sock, config } => {
+                let (s, peer) = sock.accept()?;
+                let _ = s.set_nodelay(true);
+                let tls = TlsStream::accept(s, config)?;
+                Ok((Stream::Tls(Box::new(tls)), PeerAddr::Inet(peer)))
             }
             Listener::Unix { sock, .. } => {
                 let (s, peer) = sock.accept()?;
@@ -173,7 +201,7 @@ fn inet_socket(
     addr: SocketAddr,
     ty: Type,
     proto: Protocol,
-    opts: BindOptions,
+    opts: &BindOptions,
 ) -> io::Result<Socket> {
     let sock = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     sock.set_reuse_address(true)?;
@@ -188,7 +216,7 @@ fn inet_socket(
     Ok(sock)
 }
 
-fn unix_socket(path: &Path, ty: Type, opts: BindOptions) -> io::Result<(Socket, SocketFile)> {
+fn unix_socket(path: &Path, ty: Type, opts: &BindOptions) -> io::Result<(Socket, SocketFile)> {
     clear_stale_socket(path, ty)?;
     let sock = Socket::new(Domain::UNIX, ty, None)?;
     sock.set_nonblocking(true)?;

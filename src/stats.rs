@@ -39,6 +39,13 @@ counters! {
     closed,
     /// Stream connections open now.
     active,
+    /// TLS handshakes completed.
+    tls_handshakes,
+    /// TLS connections closed on a protocol error: a failed handshake (no or a bad
+    /// client certificate, not TLS at all) or a bad record later.
+    tls_errors,
+    /// TLS connections closed because the handshake did not complete in time.
+    handshake_timeouts,
     /// Bytes read from stream sockets and datagrams received.
     bytes_in,
     /// Bytes written to stream sockets and datagrams sent.

@@ -1,7 +1,7 @@
 //! Deadlines for many connections at a cost that does not grow with their number.
 //!
-//! Every connection in one [`Deadlines`] list has the same timeout (the idle timeout, or
-//! the linger time), so the list needs no sorting: a connection that is stamped goes to
+//! Every connection in one [`Deadlines`] list has the same timeout (the idle timeout,
+//! the linger time or the TLS handshake timeout), so the list needs no sorting: a connection that is stamped goes to
 //! the tail, and the head is always the one whose deadline comes first. Each turn the
 //! loop looks at the head only, and pops while the head has expired. Links live inside
 //! the connections themselves (an intrusive doubly-linked list over slab keys), so
@@ -22,10 +22,12 @@ pub(crate) enum Timer {
     Idle = 0,
     /// Write side shut: closed when the peer closes or the linger time passes.
     Linger = 1,
+    /// A TLS handshake under way: closed if it has not completed in time.
+    Handshake = 2,
 }
 
 /// The number of [`Timer`] kinds, for arrays indexed by them.
-pub(crate) const TIMER_KINDS: usize = 2;
+pub(crate) const TIMER_KINDS: usize = 3;
 
 /// A connection's place in a deadline list.
 #[derive(Clone, Copy, Debug)]

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 
+use crate::tls::TlsStream;
+
 /// A connected, non-blocking stream socket.
 #[derive(Debug)]
 pub(crate) enum Stream {
@@ -18,6 +20,9 @@ pub(crate) enum Stream {
     Tcp(TcpStream),
     /// A Unix-domain stream socket.
     Unix(UnixStream),
+    /// TLS over TCP: reads and writes plaintext (boxed: the session is large, and a
+    /// plain connection should not pay for it).
+    Tls(Box<TlsStream>),
 }
 
 /// The address of the other end of a connection, or of a datagram's sender.
@@ -55,15 +60,56 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s,
             Stream::Unix(s) => s,
+            Stream::Tls(s) => &mut s.tcp,
         }
     }
 
-    /// Shuts down the sending direction: the peer reads EOF after the bytes already sent.
-    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+    /// Shuts down the sending direction: the peer reads EOF after the bytes already
+    /// sent. Over TLS a `close_notify` goes first, and this is `WouldBlock` until it
+    /// (and every record before it) has left: call again when the socket is writable.
+    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
             Stream::Unix(s) => s.shutdown(Shutdown::Write),
+            Stream::Tls(s) => s.shutdown_write(),
         }
+    }
+
+    /// Writes output held below the caller's queue (TLS records that did not fit the
+    /// socket). `Ok(false)` while some still wait. Plain sockets hold none.
+    pub(crate) fn flush_pending(&mut self) -> io::Result<bool> {
+        match self {
+            Stream::Tls(s) => s.flush_records(),
+            _ => Ok(true),
+        }
+    }
+
+    /// True when a read would return at once without new input from the socket, so a
+    /// short read must not be taken to mean the socket is drained.
+    pub(crate) fn has_buffered_input(&self) -> bool {
+        match self {
+            Stream::Tls(s) => s.has_buffered_input(),
+            _ => false,
+        }
+    }
+
+    /// After a read: `Some(description)` once, when that read completed a TLS
+    /// handshake.
+    pub(crate) fn take_established(&mut self) -> Option<String> {
+        match self {
+            Stream::Tls(s) => s.take_established().then(|| s.describe()),
+            _ => None,
+        }
+    }
+
+    /// True for a TLS stream.
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// True for a TLS stream whose handshake has not completed.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        matches!(self, Stream::Tls(s) if s.is_handshaking())
     }
 
     /// The pending socket error (`SO_ERROR`), used to name why an error event came.
@@ -71,6 +117,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.take_error(),
             Stream::Unix(s) => s.take_error(),
+            Stream::Tls(s) => s.tcp.take_error(),
         }
     }
 
@@ -79,6 +126,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.peer_addr().map(PeerAddr::Inet),
             Stream::Unix(s) => s.peer_addr().map(|a| PeerAddr::from_unix(&a)),
+            Stream::Tls(s) => s.tcp.peer_addr().map(PeerAddr::Inet),
         }
     }
 }
@@ -88,6 +136,7 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -97,6 +146,7 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
         }
     }
 
@@ -104,6 +154,7 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write_vectored(bufs),
             Stream::Unix(s) => s.write_vectored(bufs),
+            Stream::Tls(s) => s.write_vectored(bufs),
         }
     }
 

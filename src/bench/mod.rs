@@ -57,6 +57,9 @@ pub struct BenchConfig {
     pub timeout: Duration,
     /// Print a progress line on stderr once a second.
     pub progress: bool,
+    /// How to speak TLS to a `tls://` endpoint; `None` trusts the system's roots and
+    /// expects the URL's host in the server's certificate.
+    pub tls: Option<crate::tls::TlsClient>,
 }
 
 impl BenchConfig {
@@ -74,6 +77,7 @@ impl BenchConfig {
             threads: 1,
             timeout: Duration::from_secs(1),
             progress: std::io::stderr().is_terminal(),
+            tls: None,
         }
     }
 
@@ -90,7 +94,7 @@ impl BenchConfig {
             ));
         }
         if !self.endpoint.is_stream() && self.reconnect {
-            return bad("--reconnect needs a stream address (tcp://, unix:)".into());
+            return bad("--reconnect needs a stream address (tcp://, tls://, unix:)".into());
         }
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             return bad("--rate must be a positive number of messages per second".into());
@@ -218,8 +222,9 @@ pub(crate) struct Share {
 /// Runs the benchmark and returns its report. Setup problems (an address that does not
 /// resolve, invalid settings) are errors; problems during the run are counted in the
 /// report's `errors`.
-pub fn run(cfg: BenchConfig) -> io::Result<Report> {
+pub fn run(mut cfg: BenchConfig) -> io::Result<Report> {
     cfg.validate()?;
+    cfg.tls = crate::client::tls_client_for(&cfg.endpoint, cfg.tls.as_ref())?;
     let addr = match cfg.endpoint.host_port() {
         Some(_) => Some(crate::client::resolve(&cfg.endpoint)?),
         None => None,

@@ -166,7 +166,12 @@ fn ramp(
                 continue;
             }
             let id = share.first + i as u32;
-            match connect(&share.cfg.endpoint, share.addr, source_for(share.addr, id)) {
+            match connect(
+                &share.cfg.endpoint,
+                share.addr,
+                source_for(share.addr, id),
+                share.cfg.tls.as_ref(),
+            ) {
                 Ok(mut s) => {
                     if let Err(e) = poll.registry().register(
                         s.source(),
@@ -236,13 +241,30 @@ fn issue(id: u32, c: &mut Conn, due: Instant, pattern: &Pattern, msg: &mut [u8])
     c.out.push(msg);
 }
 
-/// Writes what is queued until the socket is full.
+/// Writes what is queued until the socket is full (TLS records held back from last
+/// time first).
 fn flush(id: u32, c: &mut Conn, tally: &mut Tally) {
-    if c.alive && !c.out.is_empty() {
-        if let Err(e) = c.out.write_to(&mut c.stream) {
-            c.alive = false;
-            tally.error(|| format!("conn {id}: write: {e}"));
+    if !c.alive {
+        return;
+    }
+    let r = c.stream.flush_pending().and_then(|_| {
+        if c.out.is_empty() {
+            Ok(())
+        } else {
+            c.out.write_to(&mut c.stream).map(|_| ())
         }
+    });
+    if let Err(e) = r {
+        c.alive = false;
+        tally.error(|| format!("conn {id}: write: {e}"));
+    }
+}
+
+/// After a read: when it completed a TLS handshake, writes the messages queued while
+/// it ran (no writable event will come for them).
+fn after_handshake(id: u32, c: &mut Conn, tally: &mut Tally) {
+    if c.stream.take_established().is_some() {
+        flush(id, c, tally);
     }
 }
 
@@ -385,6 +407,7 @@ fn serve(
                 flush(ids[i], c, tally);
             }
             let done = receive(ids[i], c, size, window, pattern, &mut bufs.read, tally);
+            after_handshake(ids[i], c, tally);
             if open_loop.is_none() && Instant::now() < window.end && done > 0 {
                 let now = Instant::now();
                 for _ in 0..done {
@@ -456,7 +479,12 @@ fn reconnect(
             s.generation += 1;
             s.started = now;
             s.retry_at = None;
-            match connect(&share.cfg.endpoint, share.addr, source_for(share.addr, id)) {
+            match connect(
+                &share.cfg.endpoint,
+                share.addr,
+                source_for(share.addr, id),
+                share.cfg.tls.as_ref(),
+            ) {
                 Ok(mut st) => {
                     if poll
                         .registry()
@@ -521,10 +549,16 @@ fn reconnect(
                 issue(id, c, started, pattern, &mut bufs.message);
             }
             flush(id, c, tally);
-            if c.alive && receive(id, c, size, window, pattern, &mut bufs.read, tally) == 1 {
+            let done = c.alive && receive(id, c, size, window, pattern, &mut bufs.read, tally) == 1;
+            after_handshake(id, c, tally);
+            if done {
                 successes += 1;
                 if window.counts(Instant::now()) {
                     tally.conns_done += 1;
+                }
+                if c.stream.is_tls() {
+                    // Say goodbye properly (close_notify), best effort.
+                    let _ = c.stream.shutdown_write();
                 }
                 s.conn = None; // closes the socket
                 s.retry_at = Some(Instant::now());

@@ -73,10 +73,18 @@ impl<S: Service> EventLoop<S> {
             warn!("register connection from {peer}: {e}");
             return;
         }
+        let handshaking = stream.is_handshaking();
         self.conns.insert(Conn::new(stream, seq, i as u32));
-        if self.config.idle_timeout.is_some() {
+        // A TLS connection is on the handshake deadline until it completes, then on
+        // the idle timer like any other.
+        let timer = if handshaking {
+            Some(Timer::Handshake)
+        } else {
+            self.config.idle_timeout.map(|_| Timer::Idle)
+        };
+        if let Some(t) = timer {
             let now = self.now_ms;
-            self.timers[Timer::Idle as usize].push(Timer::Idle, key, now, &mut self.conns);
+            self.timers[t as usize].push(t, key, now, &mut self.conns);
         }
         self.stats.accepted += 1;
         debug!(
@@ -101,8 +109,10 @@ impl<S: Service> EventLoop<S> {
             "rejected connection from {peer} on {}: server full",
             self.listeners[i].local
         );
+        // Over TLS the message could only be sent after a handshake, which a full
+        // server does not spend on a connection it is about to close.
         let msg = self.service.reject_message(i);
-        if !msg.is_empty() && self.draining_until.is_none() {
+        if !msg.is_empty() && self.draining_until.is_none() && !stream.is_tls() {
             let _ = stream.write(msg);
         }
         let _ = stream.shutdown_write();

@@ -149,6 +149,7 @@ enum Reason {
     PeerClosed,
     Error(io::Error),
     IdleTimeout,
+    HandshakeTimeout,
     LingerDone,
     ShutdownTimeout,
     Dead,
@@ -160,6 +161,7 @@ impl std::fmt::Display for Reason {
             Reason::PeerClosed => f.write_str("peer closed"),
             Reason::Error(e) => write!(f, "error: {e}"),
             Reason::IdleTimeout => f.write_str("idle timeout"),
+            Reason::HandshakeTimeout => f.write_str("TLS handshake timeout"),
             Reason::LingerDone => f.write_str("linger time over"),
             Reason::ShutdownTimeout => f.write_str("shutdown"),
             Reason::Dead => f.write_str("socket error or slow consumer"),
@@ -273,6 +275,7 @@ impl<S: Service> EventLoop<S> {
             timers: [
                 Deadlines::new(idle_ms),
                 Deadlines::new(config.linger.as_millis() as u64),
+                Deadlines::new(config.handshake_timeout.as_millis() as u64),
             ],
             max_conns,
             config,
@@ -494,6 +497,10 @@ impl<S: Service> EventLoop<S> {
         }
         while let Some(key) = self.timers[Timer::Linger as usize].expired(now, &self.conns) {
             self.remove(key, Reason::LingerDone);
+        }
+        while let Some(key) = self.timers[Timer::Handshake as usize].expired(now, &self.conns) {
+            self.stats.handshake_timeouts += 1;
+            self.remove(key, Reason::HandshakeTimeout);
         }
         for i in 0..self.listeners.len() {
             if self.listeners[i]

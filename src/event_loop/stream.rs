@@ -66,6 +66,13 @@ impl<S: Service> EventLoop<S> {
         if !matches!(conn.phase, Phase::Open | Phase::Closing) {
             return;
         }
+        // Output held below the queue (TLS records) goes first: it is older.
+        if let Err(e) = conn.stream.flush_pending() {
+            self.stats.conn_errors += 1;
+            debug!("conn {}: write: {e}", conn.seq);
+            conn.phase = Phase::Dead;
+            return;
+        }
         match conn.flush(&mut self.stats) {
             Ok(0) => {}
             Ok(_) => touch(&mut self.conns, &mut self.timers, key, self.now_ms),
@@ -95,6 +102,33 @@ impl<S: Service> EventLoop<S> {
     /// one's are dropped, so that its final close finds no unread data (which would
     /// make the kernel send a reset that destroys the last bytes in flight).
     pub(super) fn read(&mut self, key: usize) {
+        self.read_some(key);
+        self.check_established(key);
+    }
+
+    /// After a read that completed a TLS handshake: the handshake deadline gives way
+    /// to the idle timer, and output queued during the handshake is written now — the
+    /// socket has been writable all along, so no event will come to say so.
+    fn check_established(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(what) = conn.stream.take_established() else {
+            return;
+        };
+        self.stats.tls_handshakes += 1;
+        debug!("conn {}: TLS established: {what}", conn.seq);
+        if conn.links.on() == Some(Timer::Handshake) {
+            self.timers[Timer::Handshake as usize].unlink(key, &mut self.conns);
+            if self.config.idle_timeout.is_some() {
+                let now = self.now_ms;
+                self.timers[Timer::Idle as usize].push(Timer::Idle, key, now, &mut self.conns);
+            }
+        }
+        self.on_writable(key);
+    }
+
+    fn read_some(&mut self, key: usize) {
         let mut budget = self.config.read_budget;
         loop {
             let conn = &mut self.conns[key];
@@ -136,7 +170,9 @@ impl<S: Service> EventLoop<S> {
                     // A short read emptied the kernel queue: the next read would only say
                     // WouldBlock, and new data raises a new edge. Unless the peer's FIN
                     // is already known to be queued: then read on to see it.
-                    let drained = n < self.scratch.len() && !conn.read_closed;
+                    let drained = n < self.scratch.len()
+                        && !conn.read_closed
+                        && !conn.stream.has_buffered_input();
                     if serving {
                         trace!("conn {}: read {n} bytes", conn.seq);
                         self.stats.bytes_in += n as u64;
@@ -157,7 +193,11 @@ impl<S: Service> EventLoop<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.stats.conn_errors += 1;
+                    if conn.stream.is_tls() && e.kind() == io::ErrorKind::InvalidData {
+                        self.stats.tls_errors += 1;
+                    } else {
+                        self.stats.conn_errors += 1;
+                    }
                     debug!("conn {}: read: {e}", conn.seq);
                     conn.phase = Phase::Dead;
                     return;
@@ -178,10 +218,16 @@ impl<S: Service> EventLoop<S> {
             Phase::Open => {}
             Phase::Dead => self.remove(key, Reason::Dead),
             Phase::Closing if conn.out.is_empty() => {
-                if let Err(e) = conn.stream.shutdown_write() {
-                    debug!("conn {}: shutdown: {e}", conn.seq);
-                    self.remove(key, Reason::Error(e));
-                    return;
+                match conn.stream.shutdown_write() {
+                    Ok(()) => {}
+                    // TLS: close_notify is still waiting for room in the socket; the
+                    // next writable event sends it and comes back here.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        debug!("conn {}: shutdown: {e}", conn.seq);
+                        self.remove(key, Reason::Error(e));
+                        return;
+                    }
                 }
                 if conn.peer_eof {
                     // Everything the peer sent was read: close() cannot cause a reset.

@@ -29,6 +29,11 @@ impl TempDir {
         TempDir(d)
     }
 
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
     /// A path inside the directory.
     pub fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)

@@ -5,6 +5,7 @@
 //! finds errors; 2 for a bad command line.
 
 use std::io::{self, Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use log::{error, info};
 
 use sockloop::bench::{self, BenchConfig};
 use sockloop::services::{DEFAULT_MAX_LINE, Mode, Modes};
+use sockloop::tls::{self, TlsClient};
 use sockloop::{Builder, Endpoint, ListenOptions, Url, client, sys};
 
 /// An event-loop echo / line server on raw readiness polling.
@@ -33,9 +35,56 @@ enum Command {
     Bench(BenchArgs),
 }
 
+/// How the client side speaks TLS (`send` and `bench` to a tls:// URL).
+#[derive(Args, Debug)]
+struct ClientTlsArgs {
+    /// TLS: trust servers whose certificate this CA (PEM) signed. Default: the
+    /// system's root certificates.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+
+    /// TLS: the name the server's certificate must carry. Default: the URL's host.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+
+    /// TLS: client certificate chain (PEM), for servers that require one.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+
+    /// TLS: the client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// The TLS client for `url`: `Ok(None)` for a plain URL. A TLS option given for a
+    /// plain URL, or a file that cannot be used, is an error.
+    fn client(&self, url: &Endpoint) -> Result<Option<TlsClient>, String> {
+        let Endpoint::Tls(hp) = url else {
+            if self.ca.is_some()
+                || self.server_name.is_some()
+                || self.cert.is_some()
+                || self.key.is_some()
+            {
+                return Err(format!(
+                    "--ca, --server-name, --cert and --key apply to tls:// URLs only, not {url}"
+                ));
+            }
+            return Ok(None);
+        };
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        let config = tls::client_config(self.ca.as_deref(), identity).map_err(|e| e.to_string())?;
+        let name = self.server_name.as_deref().unwrap_or(hp.host());
+        TlsClient::new(config, name)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[derive(Args, Debug)]
 struct SendArgs {
-    /// The server: tcp://HOST:PORT, unix:PATH, udp://HOST:PORT or unixgram:PATH.
+    /// The server: tcp://HOST:PORT, tls://HOST:PORT, unix:PATH, udp://HOST:PORT or
+    /// unixgram:PATH.
     #[arg(value_name = "URL", value_parser = parse_endpoint)]
     url: Endpoint,
 
@@ -46,11 +95,14 @@ struct SendArgs {
     /// Datagrams: how long to wait for the reply.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
     timeout: Duration,
+
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// The echo server: tcp://, unix:, udp:// or unixgram:.
+    /// The echo server: tcp://, tls://, unix:, udp:// or unixgram:.
     #[arg(value_name = "URL", value_parser = parse_endpoint)]
     url: Endpoint,
 
@@ -94,6 +146,9 @@ struct BenchArgs {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 /// The listeners used when no `--listen` is given: loopback only, binding to all
@@ -102,8 +157,9 @@ const DEFAULT_LISTEN: &[&str] = &["tcp://127.0.0.1:5001", "udp://127.0.0.1:5001"
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Address to listen on, repeatable: tcp://HOST:PORT, udp://HOST:PORT (IPv6 as
-    /// [::1]:PORT; port 0 picks a free port), unix:PATH, unixgram:PATH.
+    /// Address to listen on, repeatable: tcp://HOST:PORT, tls://HOST:PORT,
+    /// udp://HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port), unix:PATH,
+    /// unixgram:PATH.
     /// `?mode=MODE` overrides --mode for this listener; `?perm=0660` sets a Unix
     /// socket file's permissions. Default: tcp://127.0.0.1:5001 and udp://127.0.0.1:5001.
     #[arg(long = "listen", value_name = "URL", value_parser = parse_listen_url)]
@@ -138,6 +194,22 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     shutdown_timeout: Duration,
 
+    /// PEM certificate chain for tls:// listeners.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: require client certificates signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Close a TLS connection whose handshake has not completed this long after accept.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    handshake_timeout: Duration,
+
     /// Answer datagrams from source port 0 and the classic service ports (7, 13, 19,
     /// 37), which are dropped by default so that two servers cannot be made to bounce
     /// a datagram between them forever.
@@ -169,9 +241,6 @@ fn parse_listen_url(s: &str) -> Result<Url, String> {
             parse_perm(v)?;
         }
     }
-    if matches!(url.endpoint, Endpoint::Tls(_)) {
-        return Err(format!("'{s}': tls:// is not served by this version"));
-    }
     Ok(url)
 }
 
@@ -184,11 +253,7 @@ fn parse_perm(v: &str) -> Result<u32, String> {
 }
 
 fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
-    let ep: Endpoint = s.parse().map_err(|e| format!("{e}"))?;
-    if matches!(ep, Endpoint::Tls(_)) {
-        return Err(format!("'{s}': tls:// is not spoken by this version"));
-    }
-    Ok(ep)
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -228,11 +293,33 @@ fn serve(args: ServeArgs) -> ExitCode {
     } else {
         args.listen
     };
+    // Certificates are read before anything is bound: a bad file is a usage error.
+    let wants_tls = listen.iter().any(|u| matches!(u.endpoint, Endpoint::Tls(_)));
+    let tls_config = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            match tls::server_config(cert, key, args.tls_client_ca.as_deref()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("sockloop: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ if wants_tls => {
+            eprintln!("sockloop: tls:// listeners need --tls-cert FILE and --tls-key FILE");
+            return ExitCode::from(2);
+        }
+        _ => None,
+    };
+    if tls_config.is_some() && !wants_tls {
+        log::warn!("--tls-cert given but no tls:// listener: it is not used");
+    }
     let mut service = Modes::new(args.mode).max_line(args.max_line as usize);
     let mut builder = Builder::new()
         .idle_timeout(args.idle_timeout)
         .max_outbuf(args.max_outbuf as usize)
         .shutdown_timeout(args.shutdown_timeout)
+        .handshake_timeout(args.handshake_timeout)
         .handle_signals(true)
         .allow_service_ports(args.allow_service_ports)
         .max_conns(
@@ -240,6 +327,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 .map(|n| n as usize)
                 .unwrap_or_else(|| sys::default_max_conns(nofile)),
         );
+    if let Some(config) = tls_config {
+        builder = builder.tls(config);
+    }
     for (i, url) in listen.iter().enumerate() {
         if let Some(mode) = url.param("mode") {
             match mode.parse() {
@@ -300,6 +390,15 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn send(args: SendArgs) -> ExitCode {
+    let mut opts = client::SendOptions::default();
+    opts.timeout = args.timeout;
+    opts.tls = match args.tls.client(&args.url) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let input = match args.message {
         Some(m) => m.into_bytes(),
         None => {
@@ -311,8 +410,6 @@ fn send(args: SendArgs) -> ExitCode {
             all
         }
     };
-    let mut opts = client::SendOptions::default();
-    opts.timeout = args.timeout;
     let mut out = io::stdout().lock();
     match client::send(&args.url, &input, &mut out, &opts) {
         Ok(()) => ExitCode::SUCCESS,
@@ -328,7 +425,15 @@ fn bench(args: BenchArgs) -> ExitCode {
     if let Err(e) = sys::raise_nofile_limit() {
         eprintln!("sockloop: cannot read the descriptor limit: {e}");
     }
+    let tls = match args.tls.client(&args.url) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut cfg = BenchConfig::new(args.url);
+    cfg.tls = tls;
     cfg.conns = args.conns as usize;
     cfg.size = args.size as usize;
     cfg.depth = args.depth as usize;
