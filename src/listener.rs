@@ -92,7 +92,8 @@ impl Bound {
         match endpoint {
             Endpoint::Tcp(hp) => {
                 let addr = inet(hp).map_err(context)?;
-                let sock = inet_socket(addr, Type::STREAM, Protocol::TCP, &opts).map_err(context)?;
+                let sock =
+                    inet_socket(addr, Type::STREAM, Protocol::TCP, &opts).map_err(context)?;
                 sock.listen(BACKLOG).map_err(context)?;
                 Ok(Bound::Stream(Listener::Tcp(TcpListener::from_std(
                     sock.into(),
@@ -130,7 +131,8 @@ impl Bound {
                     )
                 })?;
                 let addr = inet(hp).map_err(context)?;
-                let sock = inet_socket(addr, Type::STREAM, Protocol::TCP, &opts).map_err(context)?;
+                let sock =
+                    inet_socket(addr, Type::STREAM, Protocol::TCP, &opts).map_err(context)?;
                 sock.listen(BACKLOG).map_err(context)?;
                 Ok(Bound::Stream(Listener::Tls {
                     sock: TcpListener::from_std(sock.into()),

@@ -305,10 +305,37 @@ impl TlsStream {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.explain(e)),
             }
         }
         Ok(true)
+    }
+
+    /// A write failed (the peer reset or closed the connection): if the peer sent an
+    /// alert before it went, that alert is the reason to report, not "broken pipe".
+    /// In TLS 1.3 this is how a client learns that the server refused its certificate:
+    /// its own handshake finished before the server's verdict arrived.
+    fn explain(&mut self, e: io::Error) -> io::Error {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.tcp.read(&mut buf) {
+                Ok(0) | Err(_) => return e,
+                Ok(n) => {
+                    let mut input = &buf[..n];
+                    while !input.is_empty() {
+                        if !matches!(self.tls.read_tls(&mut input), Ok(k) if k > 0) {
+                            return e;
+                        }
+                        if let Err(alert) = self.tls.process_new_packets() {
+                            return io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("TLS error: {alert}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Sends `close_notify` (once), writes every queued record, then shuts down the

@@ -2,9 +2,9 @@
 //! TLS port, the handshake deadline, and clients nobody here wrote (`openssl s_client`,
 //! Python's `ssl`).
 
-mod util;
 #[path = "util/pki.rs"]
 mod pki;
+mod util;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -181,8 +181,13 @@ fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
     let ca = pki.ca.to_str().unwrap();
 
     // No certificate: the handshake fails, on the command line and in a library client.
-    let err = expect_failure(&["send", &url, "hello", "--ca", ca], 1, "handshake");
-    assert!(err.contains("CertificateRequired"), "{err}");
+    // In TLS 1.3 the client's side of the handshake is over before the server's
+    // verdict arrives; the client learns it from the alert.
+    expect_failure(
+        &["send", &url, "hello", "--ca", ca],
+        1,
+        "CertificateRequired",
+    );
     let mut s = tls_connect(server.addr(), client_config(&pki, false));
     let r = s.write_all(b"hello").and_then(|_| s.read(&mut [0u8; 16]));
     assert!(
@@ -204,7 +209,7 @@ fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
             pki.stranger_key.to_str().unwrap(),
         ],
         1,
-        "handshake",
+        "UnknownCA",
     );
 
     // The right certificate: served.
@@ -291,7 +296,10 @@ fn a_silent_client_is_closed_at_the_handshake_deadline_and_an_idle_one_at_the_id
 
     let start = Instant::now();
     let mut silent = connect(server.addr());
-    assert!(closed_by_peer(&mut silent), "the silent client was not closed");
+    assert!(
+        closed_by_peer(&mut silent),
+        "the silent client was not closed"
+    );
     let waited = start.elapsed();
     assert!(
         waited >= Duration::from_millis(350),
@@ -433,7 +441,13 @@ fn tls_command_line_errors_are_usage_errors() {
         "tls://",
     );
     expect_failure(
-        &["send", "tls://127.0.0.1:9", "x", "--ca", "/nonexistent/ca.pem"],
+        &[
+            "send",
+            "tls://127.0.0.1:9",
+            "x",
+            "--ca",
+            "/nonexistent/ca.pem",
+        ],
         2,
         "/nonexistent/ca.pem",
     );
@@ -447,11 +461,19 @@ fn the_wrong_server_name_fails_the_handshake() {
     let url = format!("tls://127.0.0.1:{}", server.addr().port());
     let ca = pki.ca.to_str().unwrap();
     let err = expect_failure(
-        &["send", &url, "x", "--ca", ca, "--server-name", "example.com"],
+        &[
+            "send",
+            &url,
+            "x",
+            "--ca",
+            ca,
+            "--server-name",
+            "example.com",
+        ],
         1,
         "handshake",
     );
-    assert!(err.contains("NotValidForName"), "{err}");
+    assert!(err.contains("not valid for name"), "{err}");
     // A CA that did not sign the server's certificate.
     expect_failure(
         &["send", &url, "x", "--ca", pki.other_ca.to_str().unwrap()],
@@ -496,7 +518,12 @@ fn openssl_s_client_round_trip() {
     let mut child = Command::new("openssl")
         .args(["s_client", "-connect"])
         .arg(server.addr().to_string())
-        .args(["-servername", "localhost", "-verify_return_error", "-CAfile"])
+        .args([
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+            "-CAfile",
+        ])
         .arg(&pki.ca)
         .args(["-quiet", "-no_ign_eof"])
         .stdin(Stdio::piped())

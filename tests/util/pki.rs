@@ -38,9 +38,10 @@ fn leaf(
     let mut params =
         CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .expect("leaf params");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, names.first().copied().unwrap_or("client"));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().copied().unwrap_or("client"),
+    );
     params.extended_key_usages = vec![usage];
     let key = KeyPair::generate().expect("leaf key");
     let cert = params.signed_by(&key, issuer).expect("sign leaf");
@@ -63,7 +64,11 @@ impl Pki {
             ExtendedKeyUsagePurpose::ServerAuth,
         );
         let (cc, ck) = leaf(&root, &["client.test"], ExtendedKeyUsagePurpose::ClientAuth);
-        let (xc, xk) = leaf(&other, &["stranger.test"], ExtendedKeyUsagePurpose::ClientAuth);
+        let (xc, xk) = leaf(
+            &other,
+            &["stranger.test"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
         Pki {
             ca: write("ca.pem", &root.pem()),
             server_cert: write("server.pem", &sc),

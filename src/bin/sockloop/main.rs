@@ -294,7 +294,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         args.listen
     };
     // Certificates are read before anything is bound: a bad file is a usage error.
-    let wants_tls = listen.iter().any(|u| matches!(u.endpoint, Endpoint::Tls(_)));
+    let wants_tls = listen
+        .iter()
+        .any(|u| matches!(u.endpoint, Endpoint::Tls(_)));
     let tls_config = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             match tls::server_config(cert, key, args.tls_client_ca.as_deref()) {
