@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench load                   # every scenario, 2 s each
 //! cargo bench --bench load -- pp100 udp      # scenarios whose name contains an argument
+//! cargo bench --bench load -- tls            # TLS beside plain TCP only
 //! SOCKLOOP_BENCH_SECS=5 SOCKLOOP_BENCH_HOLD=19000 cargo bench --bench load
 //! ```
 //!
@@ -14,6 +15,12 @@
 //! connections with 16 in flight, one connection streaming 64 KiB messages 4 deep,
 //! UDP with 16 datagrams in flight, a new connection per message, and `hold`: N idle
 //! connections, reporting the server's resident memory per connection.
+//!
+//! A second table puts TLS beside plain TCP on the same sockloop server with the same
+//! client (`tls-*` scenarios): 64-byte ping-pong, bulk MB/s, `tls-reconnect`, a full
+//! handshake per message, whose conn/s is handshakes per second, and `tls-resume`, the
+//! same with the session resumed (an abbreviated handshake). Certificates
+//! are generated for the run (ECDSA P-256, as `rcgen` makes them).
 //!
 //! On a 2-core machine the client and the server share the cores; read the CPU
 //! columns with the rates. Traffic goes to 127.0.0.1 only.
@@ -25,6 +32,11 @@ use std::time::{Duration, Instant};
 
 use sockloop::Endpoint;
 use sockloop::bench::{self, BenchConfig, Report};
+use sockloop::tls::TlsClient;
+
+#[path = "../tests/util/pki.rs"]
+#[allow(dead_code)]
+mod pki;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,93 +54,169 @@ fn main() {
     let hold = env("SOCKLOOP_BENCH_HOLD", 5000.0) as usize;
     sockloop::sys::raise_nofile_limit().expect("raise the descriptor limit");
 
-    struct Scenario {
-        name: &'static str,
-        conns: usize,
-        size: usize,
-        depth: usize,
-        udp: bool,
-        reconnect: bool,
-    }
-    let sc = |name, conns, size, depth| Scenario {
-        name,
-        conns,
-        size,
-        depth,
-        udp: false,
-        reconnect: false,
-    };
+    let wanted =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
     let scenarios = [
-        sc("pp1", 1, 64, 1),
-        sc("pp100", 100, 64, 1),
-        sc("pp1000", 1000, 64, 1),
-        sc("pp100x16", 100, 64, 16),
-        sc("bulk64k", 1, 65536, 4),
+        Scenario::new("pp1", 1, 64, 1),
+        Scenario::new("pp100", 100, 64, 1),
+        Scenario::new("pp1000", 1000, 64, 1),
+        Scenario::new("pp100x16", 100, 64, 16),
+        Scenario::new("bulk64k", 1, 65536, 4),
         Scenario {
             udp: true,
-            ..sc("udp", 1, 64, 16)
+            ..Scenario::new("udp", 1, 64, 16)
         },
         Scenario {
             reconnect: true,
-            ..sc("reconnect", 8, 64, 1)
+            ..Scenario::new("reconnect", 8, 64, 1)
         },
     ];
-    println!(
-        "| scenario | unit | sockloop | tokio | ratio | sockloop p50/p99 µs | tokio p50/p99 µs | server CPU sockloop / tokio | client CPU |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for s in scenarios
-        .iter()
-        .filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
-    {
-        let mut row = Vec::new();
-        // A fresh server process for every run.
-        for server in [Server::sockloop(), Server::tokio()] {
-            let url = if s.udp { &server.udp } else { &server.tcp };
-            let mut cfg =
-                BenchConfig::new(url.parse::<Endpoint>().expect("a ready line holds a URL"));
-            cfg.conns = s.conns;
-            cfg.size = s.size;
-            cfg.depth = s.depth;
-            cfg.duration = secs;
-            cfg.warmup = Duration::from_millis(300);
-            cfg.reconnect = s.reconnect;
-            cfg.progress = false;
-            let (report, server_cpu, client_cpu) = measured(&server, cfg);
-            assert_eq!(report.errors, 0, "{}: {report}", s.name);
-            row.push((report, server_cpu, client_cpu));
-        }
-        let (a, b) = (&row[0], &row[1]);
-        let (unit, value): (&str, fn(&Report) -> f64) = if s.reconnect {
-            ("conn/s", |r| r.conns_per_sec.unwrap_or(0.0))
-        } else if s.name.starts_with("bulk") {
-            ("MB/s", |r| r.mb_per_sec)
-        } else if s.udp {
-            ("dgram/s", |r| r.msgs_per_sec)
-        } else {
-            ("msg/s", |r| r.msgs_per_sec)
-        };
+    let chosen: Vec<&Scenario> = scenarios.iter().filter(|s| wanted(s.name)).collect();
+    if !chosen.is_empty() {
         println!(
-            "| {} | {unit} | {:.0} | {:.0} | {:.2}× | {} / {} | {} / {} | {:.0}% / {:.0}% | {:.0}% / {:.0}% |",
-            s.name,
-            value(&a.0),
-            value(&b.0),
-            value(&a.0) / value(&b.0),
-            a.0.p50_us,
-            a.0.p99_us,
-            b.0.p50_us,
-            b.0.p99_us,
-            a.1,
-            b.1,
-            a.2,
-            b.2
+            "| scenario | unit | sockloop | tokio | sockloop / tokio | sockloop p50/p99 µs | tokio p50/p99 µs | server CPU sockloop / tokio | client CPU |"
         );
+        println!("|---|---|---|---|---|---|---|---|---|");
     }
+    for s in chosen {
+        // A fresh server process for every run.
+        let a = {
+            let server = Server::sockloop(None);
+            let url = if s.udp { &server.udp } else { &server.tcp };
+            measured(&server, s.config(url, secs, None))
+        };
+        let b = {
+            let server = Server::tokio();
+            let url = if s.udp { &server.udp } else { &server.tcp };
+            measured(&server, s.config(url, secs, None))
+        };
+        print_row(s, &a, &b);
+    }
+
+    // The same sockloop server, plain TCP against TLS, by the same client.
+    let tls_scenarios = [
+        Scenario::new("tls-pp1", 1, 64, 1),
+        Scenario::new("tls-pp100", 100, 64, 1),
+        Scenario::new("tls-bulk64k", 1, 65536, 4),
+        Scenario {
+            reconnect: true,
+            ..Scenario::new("tls-reconnect", 8, 64, 1)
+        },
+        Scenario {
+            reconnect: true,
+            ..Scenario::new("tls-resume", 8, 64, 1)
+        },
+    ];
+    let chosen: Vec<&Scenario> = tls_scenarios.iter().filter(|s| wanted(s.name)).collect();
+    if !chosen.is_empty() {
+        let dir = std::env::temp_dir().join(format!("sockloop-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let pki = pki::Pki::new(&dir);
+        let client = sockloop::tls::client_config(Some(&pki.ca), None)
+            .and_then(|c| TlsClient::new(c, "127.0.0.1"))
+            .expect("a TLS client configuration");
+        println!();
+        println!(
+            "| scenario | unit | tls | tcp | tls / tcp | tls p50/p99 µs | tcp p50/p99 µs | server CPU tls / tcp | client CPU |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for s in chosen {
+            // tls-reconnect makes a full handshake per connection; tls-resume resumes
+            // the session, as a client that has been here before does.
+            let client = if s.name == "tls-resume" {
+                client.clone()
+            } else {
+                client.clone().without_resumption()
+            };
+            let tls = {
+                let server = Server::sockloop(Some(&pki));
+                let url = server.tls.as_deref().expect("a tls listener");
+                measured(&server, s.config(url, secs, Some(client)))
+            };
+            let tcp = {
+                let server = Server::sockloop(Some(&pki));
+                measured(&server, s.config(&server.tcp, secs, None))
+            };
+            print_row(s, &tls, &tcp);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     if filters.is_empty() || filters.iter().any(|f| "hold".contains(f.as_str())) {
-        for server in [Server::sockloop(), Server::tokio()] {
-            hold_memory(&server, hold);
+        hold_memory(&Server::sockloop(None), hold);
+        hold_memory(&Server::tokio(), hold);
+    }
+}
+
+/// One load shape.
+struct Scenario {
+    name: &'static str,
+    conns: usize,
+    size: usize,
+    depth: usize,
+    udp: bool,
+    reconnect: bool,
+}
+
+impl Scenario {
+    fn new(name: &'static str, conns: usize, size: usize, depth: usize) -> Scenario {
+        Scenario {
+            name,
+            conns,
+            size,
+            depth,
+            udp: false,
+            reconnect: false,
         }
     }
+
+    fn config(&self, url: &str, secs: Duration, tls: Option<TlsClient>) -> BenchConfig {
+        let mut cfg = BenchConfig::new(url.parse::<Endpoint>().expect("a ready line holds a URL"));
+        cfg.conns = self.conns;
+        cfg.size = self.size;
+        cfg.depth = self.depth;
+        cfg.duration = secs;
+        cfg.warmup = Duration::from_millis(300);
+        cfg.reconnect = self.reconnect;
+        cfg.progress = false;
+        cfg.tls = tls;
+        cfg
+    }
+
+    /// The figure this scenario is about.
+    fn figure(&self, r: &Report) -> (&'static str, f64) {
+        if self.reconnect {
+            ("conn/s", r.conns_per_sec.unwrap_or(0.0))
+        } else if self.name.contains("bulk") {
+            ("MB/s", r.mb_per_sec)
+        } else if self.udp {
+            ("dgram/s", r.msgs_per_sec)
+        } else {
+            ("msg/s", r.msgs_per_sec)
+        }
+    }
+}
+
+/// A table row: two runs of one scenario, and the first's figure over the second's.
+fn print_row(s: &Scenario, a: &(Report, f64, f64), b: &(Report, f64, f64)) {
+    for (r, _, _) in [a, b] {
+        assert_eq!(r.errors, 0, "{}: {r}", s.name);
+    }
+    let (unit, va) = s.figure(&a.0);
+    let (_, vb) = s.figure(&b.0);
+    println!(
+        "| {} | {unit} | {va:.0} | {vb:.0} | {:.2}× | {} / {} | {} / {} | {:.0}% / {:.0}% | {:.0}% / {:.0}% |",
+        s.name,
+        va / vb,
+        a.0.p50_us,
+        a.0.p99_us,
+        b.0.p50_us,
+        b.0.p99_us,
+        a.1,
+        b.1,
+        a.2,
+        b.2
+    );
 }
 
 /// Runs one benchmark and measures the server's and this process's CPU meanwhile, as
@@ -191,10 +279,12 @@ struct Server {
     child: Child,
     tcp: String,
     udp: String,
+    tls: Option<String>,
 }
 
 impl Server {
-    fn sockloop() -> Server {
+    /// `sockloop serve` on TCP and UDP, and on TLS too when given certificates.
+    fn sockloop(pki: Option<&pki::Pki>) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockloop"));
         cmd.args([
             "serve",
@@ -203,17 +293,23 @@ impl Server {
             "--listen",
             "udp://127.0.0.1:0",
         ]);
+        if let Some(p) = pki {
+            cmd.args(["--listen", "tls://127.0.0.1:0", "--tls-cert"])
+                .arg(&p.server_cert)
+                .arg("--tls-key")
+                .arg(&p.server_key);
+        }
         cmd.env("RUST_LOG", "warn");
-        Server::start("sockloop", cmd)
+        Server::start("sockloop", cmd, pki.is_some())
     }
 
     fn tokio() -> Server {
         let mut cmd = Command::new(std::env::current_exe().expect("this executable"));
         cmd.arg("--serve-tokio");
-        Server::start("tokio", cmd)
+        Server::start("tokio", cmd, false)
     }
 
-    fn start(name: &'static str, mut cmd: Command) -> Server {
+    fn start(name: &'static str, mut cmd: Command, tls: bool) -> Server {
         let mut child = cmd
             .stdout(Stdio::piped())
             .spawn()
@@ -226,11 +322,13 @@ impl Server {
                 .to_string()
         };
         let (tcp, udp) = (next(), next());
+        let tls = tls.then(next);
         Server {
             name,
             child,
             tcp,
             udp,
+            tls,
         }
     }
 

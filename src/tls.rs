@@ -205,6 +205,16 @@ impl TlsClient {
         })
     }
 
+    /// The same client with session resumption turned off, so that every connection
+    /// makes a full handshake (certificate checks and key exchange included). By
+    /// default a client resumes the session it had, as most TLS clients do.
+    pub fn without_resumption(mut self) -> TlsClient {
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::disabled();
+        self.config = Arc::new(config);
+        self
+    }
+
     /// Starts the client side of a handshake over a connecting (or connected) socket.
     pub(crate) fn wrap(&self, tcp: TcpStream) -> io::Result<TlsStream> {
         let conn = ClientConnection::new(self.config.clone(), self.server_name.clone())

@@ -451,6 +451,11 @@ fn tls_command_line_errors_are_usage_errors() {
         2,
         "/nonexistent/ca.pem",
     );
+    expect_failure(
+        &["bench", "tcp://127.0.0.1:9", "--no-resume"],
+        2,
+        "--no-resume",
+    );
 }
 
 #[test]
@@ -492,6 +497,7 @@ fn sockloop_bench_over_tls_checks_every_byte() {
     for extra in [
         &["--conns", "4", "--depth", "4", "--size", "1000"][..],
         &["--conns", "2", "--reconnect"][..],
+        &["--conns", "2", "--reconnect", "--no-resume"][..],
     ] {
         let mut args = vec!["bench", &url, "--secs", "0.5", "--json", "--ca", ca];
         args.extend_from_slice(extra);

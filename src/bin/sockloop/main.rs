@@ -149,6 +149,11 @@ struct BenchArgs {
 
     #[command(flatten)]
     tls: ClientTlsArgs,
+
+    /// TLS: a full handshake on every connection. By default a new connection resumes
+    /// the session of an earlier one, as most TLS clients do.
+    #[arg(long)]
+    no_resume: bool,
 }
 
 /// The listeners used when no `--listen` is given: loopback only, binding to all
@@ -428,12 +433,23 @@ fn bench(args: BenchArgs) -> ExitCode {
         eprintln!("sockloop: cannot read the descriptor limit: {e}");
     }
     let tls = match args.tls.client(&args.url) {
+        Ok(t) if args.no_resume && t.is_none() => {
+            eprintln!("sockloop: --no-resume applies to tls:// URLs only");
+            return ExitCode::from(2);
+        }
         Ok(t) => t,
         Err(e) => {
             eprintln!("sockloop: {e}");
             return ExitCode::from(2);
         }
     };
+    let tls = tls.map(|t| {
+        if args.no_resume {
+            t.without_resumption()
+        } else {
+            t
+        }
+    });
     let mut cfg = BenchConfig::new(args.url);
     cfg.tls = tls;
     cfg.conns = args.conns as usize;
