@@ -77,7 +77,7 @@ fn read_to_close_notify(s: &mut TlsConn) -> Vec<u8> {
 }
 
 #[test]
-fn rustls_client_echoes_and_the_server_logs_the_handshake() {
+fn rustls_client_echoes_and_the_server_counts_the_handshake() {
     let dir = TempDir::new();
     let pki = Pki::new(dir.path());
     let server = tls_server(&pki, false, Builder::new(), Mode::Echo);
@@ -98,6 +98,39 @@ fn rustls_client_echoes_and_the_server_logs_the_handshake() {
     let stats = server.stop();
     assert_eq!(stats.tls_handshakes, 1);
     assert_eq!(stats.tls_errors, 0);
+}
+
+#[test]
+fn the_binary_logs_each_handshake_and_keeps_max_conns_over_tls() {
+    let dir = TempDir::new();
+    let pki = Pki::new(dir.path());
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", "tls://127.0.0.1:0", "--max-conns", "1"])
+        .arg("--tls-cert")
+        .arg(&pki.server_cert)
+        .arg("--tls-key")
+        .arg(&pki.server_key)
+        .env("RUST_LOG", "debug");
+    let server = Proc::spawn(cmd, 1);
+    let mut a = tls_connect(server.addr(0), client_config(&pki, false));
+    a.write_all(b"first").unwrap();
+    assert_eq!(read_exact_tls(&mut a, 5), b"first");
+    wait_until("the handshake in the log", || {
+        server.stderr().contains("TLS established: TLSv1_3, TLS13_")
+    });
+
+    // Over the limit: accepted and closed at once, with no handshake.
+    let mut b = tls_connect(server.addr(0), client_config(&pki, false));
+    let r = b.write_all(b"second").and_then(|_| b.read(&mut [0u8; 16]));
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "a connection over --max-conns was served: {r:?}"
+    );
+    a.write_all(b"still here").unwrap();
+    assert_eq!(read_exact_tls(&mut a, 10), b"still here");
+    let stats = server.stats();
+    assert_eq!(stats["rejected"], 1, "{stats:?}");
+    assert_eq!(stats["tls_handshakes"], 1, "{stats:?}");
 }
 
 #[test]
