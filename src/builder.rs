@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use crate::endpoint::Endpoint;
 use crate::event_loop::EventLoop;
-use crate::listener::{BindOptions, Bound};
+use crate::listener::{BindOptions, Bound, StdSocket};
 use crate::service::Service;
 use crate::sys;
+use crate::workers::Workers;
 
 /// The loop's limits and tunables. [`Config::default`] holds the binary's defaults.
 #[derive(Clone, Debug)]
@@ -94,11 +95,18 @@ impl Default for Config {
 /// server.run()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Builder {
-    listen: Vec<(Endpoint, ListenOptions)>,
+    listen: Vec<Listen>,
     config: Config,
     tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// One listener to be: an address to bind, or a socket already bound.
+#[derive(Debug)]
+enum Listen {
+    Bind(Endpoint, ListenOptions),
+    Adopt(StdSocket, ListenOptions),
 }
 
 /// Options of one listener that belong to the socket, not to the service.
@@ -142,7 +150,38 @@ impl Builder {
 
     /// Adds a listener with socket options (a Unix socket file's permissions).
     pub fn listen_with(mut self, endpoint: Endpoint, options: ListenOptions) -> Self {
-        self.listen.push((endpoint, options));
+        self.listen.push(Listen::Bind(endpoint, options));
+        self
+    }
+
+    /// Adds a socket the program has already bound (and, for a stream socket, put in
+    /// the listening state): a `std::net::TcpListener`, `UdpSocket`, or a Unix
+    /// `UnixListener` / `UnixDatagram`. It is numbered like a [`listen`](Self::listen)
+    /// address and made non-blocking. A program that binds its own sockets keeps
+    /// control of their options, or receives them from a supervisor such as systemd.
+    ///
+    /// ```
+    /// use sockloop::{Builder, services::Echo};
+    ///
+    /// let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let port = std_listener.local_addr()?.port();
+    /// let server = Builder::new().listen_socket(std_listener).build(Echo)?;
+    /// assert_eq!(server.local_addrs()[0].to_string(), format!("tcp://127.0.0.1:{port}"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn listen_socket(self, socket: impl Into<StdSocket>) -> Self {
+        self.listen_socket_with(socket, ListenOptions::default())
+    }
+
+    /// [`listen_socket`](Self::listen_socket) with options: a TCP listener given a TLS
+    /// configuration ([`ListenOptions::tls`]) serves TLS. A Unix socket's permissions
+    /// are the caller's business.
+    pub fn listen_socket_with(
+        mut self,
+        socket: impl Into<StdSocket>,
+        options: ListenOptions,
+    ) -> Self {
+        self.listen.push(Listen::Adopt(socket.into(), options));
         self
     }
 
@@ -219,20 +258,86 @@ impl Builder {
             ));
         }
         let mut listeners = Vec::with_capacity(self.listen.len());
-        for (ep, options) in &self.listen {
-            let opts = BindOptions {
-                reuse_port: self.config.reuse_port,
-                unix_perm: options.unix_perm,
-                tls: options.tls.clone().or_else(|| self.tls.clone()),
-            };
-            let bound = Bound::bind(ep, opts)?;
-            let local = bound.local_endpoint(ep)?;
-            listeners.push((bound, local));
+        for listen in self.listen {
+            match listen {
+                Listen::Bind(ep, options) => {
+                    let opts = BindOptions {
+                        reuse_port: self.config.reuse_port,
+                        unix_perm: options.unix_perm,
+                        tls: options.tls.or_else(|| self.tls.clone()),
+                    };
+                    let bound = Bound::bind(&ep, opts)?;
+                    let local = bound.local_endpoint(&ep)?;
+                    listeners.push((bound, local));
+                }
+                Listen::Adopt(socket, options) => {
+                    let tls = options.tls;
+                    let adopted = Bound::adopt(socket, tls).map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot serve a given socket: {e}"))
+                    })?;
+                    listeners.push(adopted);
+                }
+            }
         }
         let max_conns = match self.config.max_conns {
             Some(n) => n,
             None => sys::default_max_conns(sys::nofile_limit()?),
         };
         EventLoop::new(listeners, service, self.config, max_conns)
+    }
+
+    /// Makes `n` loops serving the same listeners, for [`Workers`] to run on `n`
+    /// threads. `make(i)` makes worker `i`'s service: each loop has its own, with no
+    /// state shared between them.
+    ///
+    /// Each loop gets its own sockets: internet listeners are bound `n` times with
+    /// `SO_REUSEPORT` (the first binds port 0 and the others the port it got), and the
+    /// kernel spreads new connections and datagrams over them. Unix sockets have no
+    /// such option: the loops share one socket, each through its own descriptor.
+    /// Sockets given with [`listen_socket`](Self::listen_socket) are shared the same way.
+    pub fn build_workers<S, F>(mut self, n: usize, mut make: F) -> io::Result<Workers<S>>
+    where
+        S: Service,
+        F: FnMut(usize) -> S,
+    {
+        let n = n.max(1);
+        if n > 1 {
+            self.config.reuse_port = true;
+        }
+        // For each listener: bind it again (internet addresses), or share loop 0's socket.
+        let plan: Vec<(bool, ListenOptions)> = self
+            .listen
+            .iter()
+            .map(|l| match l {
+                Listen::Bind(Endpoint::Unix(_) | Endpoint::UnixDgram(_), o)
+                | Listen::Adopt(_, o) => (false, o.clone()),
+                Listen::Bind(_, o) => (true, o.clone()),
+            })
+            .collect();
+        let (config, tls) = (self.config.clone(), self.tls.clone());
+        let mut first = self.build(make(0))?;
+        if n > 1 {
+            first.set_worker(0);
+        }
+        let addrs = first.local_addrs();
+        let mut loops = vec![first];
+        for i in 1..n {
+            let mut b = Builder {
+                listen: Vec::with_capacity(plan.len()),
+                config: config.clone(),
+                tls: tls.clone(),
+            };
+            for (j, (rebind, options)) in plan.iter().enumerate() {
+                b.listen.push(if *rebind {
+                    Listen::Bind(addrs[j].clone(), options.clone())
+                } else {
+                    Listen::Adopt(loops[0].share_listener(j)?, options.clone())
+                });
+            }
+            let mut lp = b.build(make(i))?;
+            lp.set_worker(i);
+            loops.push(lp);
+        }
+        Ok(Workers::new(loops))
     }
 }

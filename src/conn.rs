@@ -71,6 +71,8 @@ pub(crate) struct Conn {
     pub(crate) read_closed: bool,
     /// Queued to be served next turn (read budget used up, or resumed from a pause).
     pub(crate) pending: bool,
+    /// The service asked for a [`writable`](crate::Service::writable) call.
+    pub(crate) wants_writable: bool,
     pub(crate) links: Links,
 }
 
@@ -95,6 +97,7 @@ impl Conn {
             peer_eof: false,
             read_closed: false,
             pending: false,
+            wants_writable: false,
             links: Links::default(),
         }
     }

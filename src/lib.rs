@@ -53,10 +53,13 @@ mod timer;
 pub mod tls;
 mod token;
 mod transport;
+mod workers;
 
 pub use builder::{Builder, Config, ListenOptions};
 pub use endpoint::{Endpoint, Url};
 pub use event_loop::{EventLoop, Handle};
+pub use listener::StdSocket;
 pub use service::{ConnId, Context, DatagramContext, Service};
 pub use stats::Stats;
 pub use transport::PeerAddr;
+pub use workers::Workers;

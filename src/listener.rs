@@ -15,7 +15,7 @@
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +26,45 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::endpoint::Endpoint;
 use crate::tls::TlsStream;
+
+/// A socket bound by the caller, for [`Builder::listen_socket`](crate::Builder::listen_socket):
+/// the loop serves it as it would one it bound from a URL (but leaves a Unix socket's
+/// file alone when it closes, since it did not make it).
+#[derive(Debug)]
+pub enum StdSocket {
+    /// A TCP listener (TLS when the listener options carry a TLS configuration).
+    Tcp(std::net::TcpListener),
+    /// A UDP socket.
+    Udp(std::net::UdpSocket),
+    /// A Unix stream listener bound to a path.
+    Unix(std::os::unix::net::UnixListener),
+    /// A Unix datagram socket bound to a path.
+    UnixDatagram(std::os::unix::net::UnixDatagram),
+}
+
+impl From<std::net::TcpListener> for StdSocket {
+    fn from(s: std::net::TcpListener) -> Self {
+        StdSocket::Tcp(s)
+    }
+}
+
+impl From<std::net::UdpSocket> for StdSocket {
+    fn from(s: std::net::UdpSocket) -> Self {
+        StdSocket::Udp(s)
+    }
+}
+
+impl From<std::os::unix::net::UnixListener> for StdSocket {
+    fn from(s: std::os::unix::net::UnixListener) -> Self {
+        StdSocket::Unix(s)
+    }
+}
+
+impl From<std::os::unix::net::UnixDatagram> for StdSocket {
+    fn from(s: std::os::unix::net::UnixDatagram) -> Self {
+        StdSocket::UnixDatagram(s)
+    }
+}
 use crate::transport::{PeerAddr, Stream};
 
 /// The accept queue length asked of `listen`; the kernel caps it at
@@ -53,10 +92,11 @@ pub(crate) enum Listener {
         sock: TcpListener,
         config: Arc<rustls::ServerConfig>,
     },
-    /// A Unix stream listener; the socket file goes when it does.
+    /// A Unix stream listener; the socket file goes when it does, if this process made
+    /// it (not for a socket handed over already bound).
     Unix {
         sock: UnixListener,
-        _file: SocketFile,
+        _file: Option<SocketFile>,
     },
 }
 
@@ -65,10 +105,10 @@ pub(crate) enum Listener {
 pub(crate) enum DgramSocket {
     /// UDP.
     Udp(UdpSocket),
-    /// A Unix datagram socket; the socket file goes when it does.
+    /// A Unix datagram socket; the socket file goes when it does (as for a listener).
     Unix {
         sock: UnixDatagram,
-        _file: SocketFile,
+        _file: Option<SocketFile>,
     },
 }
 
@@ -112,7 +152,7 @@ impl Bound {
                 let std = std::os::unix::net::UnixListener::from(OwnedFd::from(sock));
                 Ok(Bound::Stream(Listener::Unix {
                     sock: UnixListener::from_std(std),
-                    _file: file,
+                    _file: Some(file),
                 }))
             }
             Endpoint::UnixDgram(path) => {
@@ -120,7 +160,7 @@ impl Bound {
                 let std = std::os::unix::net::UnixDatagram::from(OwnedFd::from(sock));
                 Ok(Bound::Datagram(DgramSocket::Unix {
                     sock: UnixDatagram::from_std(std),
-                    _file: file,
+                    _file: Some(file),
                 }))
             }
             Endpoint::Tls(hp) => {
@@ -142,6 +182,68 @@ impl Bound {
         }
     }
 
+    /// Takes over a socket bound elsewhere, and the endpoint it is bound to. A TCP
+    /// listener with a TLS configuration becomes a TLS listener.
+    pub(crate) fn adopt(
+        socket: StdSocket,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<(Bound, Endpoint)> {
+        let unnamed = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a Unix socket without a path (unbound or abstract) cannot be served",
+            )
+        };
+        Ok(match socket {
+            StdSocket::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                let hp = crate::endpoint::HostPort::from(l.local_addr()?);
+                let sock = TcpListener::from_std(l);
+                match tls {
+                    Some(config) => (
+                        Bound::Stream(Listener::Tls { sock, config }),
+                        Endpoint::Tls(hp),
+                    ),
+                    None => (Bound::Stream(Listener::Tcp(sock)), Endpoint::Tcp(hp)),
+                }
+            }
+            StdSocket::Udp(u) => {
+                u.set_nonblocking(true)?;
+                let ep = Endpoint::Udp(u.local_addr()?.into());
+                (
+                    Bound::Datagram(DgramSocket::Udp(UdpSocket::from_std(u))),
+                    ep,
+                )
+            }
+            StdSocket::Unix(l) => {
+                l.set_nonblocking(true)?;
+                let path = l
+                    .local_addr()?
+                    .as_pathname()
+                    .ok_or_else(unnamed)?
+                    .to_owned();
+                let sock = UnixListener::from_std(l);
+                (
+                    Bound::Stream(Listener::Unix { sock, _file: None }),
+                    Endpoint::Unix(path),
+                )
+            }
+            StdSocket::UnixDatagram(u) => {
+                u.set_nonblocking(true)?;
+                let path = u
+                    .local_addr()?
+                    .as_pathname()
+                    .ok_or_else(unnamed)?
+                    .to_owned();
+                let sock = UnixDatagram::from_std(u);
+                (
+                    Bound::Datagram(DgramSocket::Unix { sock, _file: None }),
+                    Endpoint::UnixDgram(path),
+                )
+            }
+        })
+    }
+
     /// The bound endpoint, with port 0 resolved to the real port.
     pub(crate) fn local_endpoint(&self, asked: &Endpoint) -> io::Result<Endpoint> {
         Ok(match self {
@@ -157,6 +259,19 @@ impl Bound {
 }
 
 impl Listener {
+    /// Another descriptor for the same socket, for another loop to accept from (Unix
+    /// sockets have no `SO_REUSEPORT`). The socket file stays with this one.
+    pub(crate) fn share(&self) -> io::Result<StdSocket> {
+        Ok(match self {
+            Listener::Tcp(l) | Listener::Tls { sock: l, .. } => {
+                StdSocket::Tcp(l.as_fd().try_clone_to_owned()?.into())
+            }
+            Listener::Unix { sock, .. } => {
+                StdSocket::Unix(sock.as_fd().try_clone_to_owned()?.into())
+            }
+        })
+    }
+
     /// The socket as something `poll` can register.
     pub(crate) fn source(&mut self) -> &mut dyn Source {
         match self {
@@ -190,6 +305,16 @@ impl Listener {
 }
 
 impl DgramSocket {
+    /// Another descriptor for the same socket (see [`Listener::share`]).
+    pub(crate) fn share(&self) -> io::Result<StdSocket> {
+        Ok(match self {
+            DgramSocket::Udp(s) => StdSocket::Udp(s.as_fd().try_clone_to_owned()?.into()),
+            DgramSocket::Unix { sock, .. } => {
+                StdSocket::UnixDatagram(sock.as_fd().try_clone_to_owned()?.into())
+            }
+        })
+    }
+
     /// The socket as something `poll` can register.
     pub(crate) fn source(&mut self) -> &mut dyn Source {
         match self {

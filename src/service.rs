@@ -65,6 +65,10 @@ impl fmt::Display for ConnId {
 /// - `eof` is called once when no more input will come: the peer shut down its sending
 ///   side, or the server is shutting down. What you write in it is still delivered.
 /// - After [`Context::close`] no more `data` arrives for that connection.
+/// - A service that produces output on its own (chargen) rather than in answer to input
+///   asks for [`writable`](Service::writable) with [`Context::want_writable`] and writes
+///   one chunk per call: the loop calls it again only once the socket has taken that
+///   chunk, so output goes exactly as fast as the peer reads.
 pub trait Service {
     /// Per-connection state.
     type Conn;
@@ -77,6 +81,14 @@ pub trait Service {
 
     /// No more input will arrive on this connection (see the trait docs).
     fn eof(&mut self, conn: &mut Self::Conn, ctx: &mut Context<'_>) {
+        let _ = (conn, ctx);
+    }
+
+    /// The connection can take more output: everything written so far has gone to the
+    /// socket. Called only after [`Context::want_writable`], once per request: a
+    /// producer writes a chunk and asks again. Never called while output is queued, so
+    /// a peer that stops reading stops the calls, and nothing piles up.
+    fn writable(&mut self, conn: &mut Self::Conn, ctx: &mut Context<'_>) {
         let _ = (conn, ctx);
     }
 
@@ -149,7 +161,9 @@ impl DatagramContext<'_> {
     }
 }
 
-/// What a service callback can do to the connection it was called for.
+/// What a service callback can do: write to the connection it was called for (or to
+/// another by its [`ConnId`]), ask to be told when it can take more, close it, and
+/// learn where it comes from.
 pub struct Context<'a> {
     pub(crate) conns: &'a mut Slab<Conn>,
     pub(crate) timers: &'a mut [Deadlines; TIMER_KINDS],
@@ -157,6 +171,9 @@ pub struct Context<'a> {
     pub(crate) stats: &'a mut Stats,
     pub(crate) now_ms: u64,
     pub(crate) max_outbuf: usize,
+    /// Other connections this callback ended (a slow consumer of a fan-out, a write
+    /// error): the loop closes them when the callback returns.
+    pub(crate) ended: &'a mut Vec<ConnId>,
 }
 
 impl Context<'_> {
@@ -203,7 +220,39 @@ impl Context<'_> {
 
     /// Sends several slices as if concatenated, in one `writev` when nothing is queued.
     pub fn write_vectored(&mut self, parts: &[&[u8]]) {
-        let key = self.key;
+        self.send(self.key, parts);
+    }
+
+    /// Sends bytes to another connection of this loop, with the same guarantees as
+    /// [`write`](Self::write). Returns false, and sends nothing, when `to` is closed or
+    /// closing. The receiver is subject to [`Config::max_outbuf`](crate::Config):
+    /// when it does not read fast enough it is closed as a slow consumer, so a fan-out
+    /// cannot grow memory without bound.
+    pub fn write_to(&mut self, to: ConnId, bytes: &[u8]) -> bool {
+        self.write_vectored_to(to, &[bytes])
+    }
+
+    /// [`write_vectored`](Self::write_vectored) to another connection (see
+    /// [`write_to`](Self::write_to)).
+    pub fn write_vectored_to(&mut self, to: ConnId, parts: &[&[u8]]) -> bool {
+        let key = to.key as usize;
+        match self.conns.get(key) {
+            Some(c) if c.seq == to.seq && c.phase == Phase::Open => {
+                self.send(key, parts);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Asks for one call of [`Service::writable`] as soon as this connection has no
+    /// output queued: within this turn if the socket took everything, else once a
+    /// writable event has drained the queue.
+    pub fn want_writable(&mut self) {
+        self.conns[self.key].wants_writable = true;
+    }
+
+    fn send(&mut self, key: usize, parts: &[&[u8]]) {
         let conn = &mut self.conns[key];
         if !matches!(conn.phase, Phase::Open | Phase::Closing) {
             return;
@@ -225,7 +274,7 @@ impl Context<'_> {
         } else {
             parts
         };
-        match conn.send(parts, self.stats) {
+        let ended = match conn.send(parts, self.stats) {
             Ok(()) => {
                 let queued = conn.out.len();
                 if queued > self.max_outbuf {
@@ -236,15 +285,27 @@ impl Context<'_> {
                     );
                     conn.out.clear();
                     conn.phase = Phase::Dead;
-                } else if total + before > queued {
-                    touch(self.conns, self.timers, key, self.now_ms);
+                    true
+                } else {
+                    if total + before > queued {
+                        touch(self.conns, self.timers, key, self.now_ms);
+                    }
+                    false
                 }
             }
             Err(e) => {
                 self.stats.conn_errors += 1;
                 debug!("conn {}: write: {e}", conn.seq);
                 conn.phase = Phase::Dead;
+                true
             }
+        };
+        if ended && key != self.key {
+            let seq = self.conns[key].seq;
+            self.ended.push(ConnId {
+                seq,
+                key: key as u32,
+            });
         }
     }
 

@@ -97,6 +97,7 @@ impl<S: Service> EventLoop<S> {
             self.states.resize_with(key + 1, || None);
         }
         self.states[key] = Some(state);
+        self.reap_ended();
         // Data may have arrived with the connection; registering reports it as an
         // event, so there is nothing to read here.
         self.settle(key);

@@ -47,6 +47,7 @@ macro_rules! context {
             stats: &mut $lp.stats,
             now_ms: $lp.now_ms,
             max_outbuf: $lp.config.max_outbuf,
+            ended: &mut $lp.ended,
         }
     };
 }
@@ -75,7 +76,7 @@ use crate::conn::Conn;
 use crate::datagram::Datagram;
 use crate::endpoint::Endpoint;
 use crate::listener::{Bound, Listener};
-use crate::service::{Context, Service, TOUCH_GRANULARITY_MS};
+use crate::service::{ConnId, Context, Service, TOUCH_GRANULARITY_MS};
 use crate::stats::Stats;
 use crate::timer::{Deadlines, TIMER_KINDS, Timer};
 use crate::token::{self, Target};
@@ -94,10 +95,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often descriptor exhaustion is logged while it lasts.
 const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A `Send + Clone` handle that stops an [`EventLoop`] from any thread.
+/// A `Send + Clone` handle that stops an [`EventLoop`] — or every loop of a
+/// [`Workers`](crate::Workers) — from any thread.
 #[derive(Clone, Debug)]
 pub struct Handle {
-    inner: Arc<Shared>,
+    loops: Vec<Arc<Shared>>,
 }
 
 #[derive(Debug)]
@@ -112,8 +114,22 @@ impl Handle {
     /// shut down and [`EventLoop::run`] returns once all are closed (or the shutdown
     /// timeout passes). Wakes the loop if it is sleeping in `poll`.
     pub fn shutdown(&self) -> io::Result<()> {
-        self.inner.shutdown.store(true, Ordering::Release);
-        self.inner.waker.wake()
+        let mut result = Ok(());
+        for shared in &self.loops {
+            shared.shutdown.store(true, Ordering::Release);
+            // Wake every loop even if one wake fails; report the first failure.
+            if let Err(e) = shared.waker.wake() {
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
+
+    /// One handle for several loops.
+    pub(crate) fn join(handles: impl IntoIterator<Item = Handle>) -> Handle {
+        Handle {
+            loops: handles.into_iter().flat_map(|h| h.loops).collect(),
+        }
     }
 }
 
@@ -189,6 +205,8 @@ pub struct EventLoop<S: Service> {
     outgoing: Vec<(usize, usize, nix::sys::socket::SockaddrStorage)>,
     /// Tokens to serve next turn without waiting for an event.
     pending: Vec<Token>,
+    /// Connections a callback ended while writing to them (see [`Context::write_to`]).
+    ended: Vec<ConnId>,
     spare: Vec<Token>,
     timers: [Deadlines; TIMER_KINDS],
     config: Config,
@@ -209,6 +227,8 @@ pub struct EventLoop<S: Service> {
     /// descriptors run out.
     reserve: Option<File>,
     last_exhaustion_log: Option<Instant>,
+    /// Set when this loop is one of several [`Workers`](crate::Workers).
+    worker: Option<usize>,
 }
 
 impl<S: Service> EventLoop<S> {
@@ -271,6 +291,7 @@ impl<S: Service> EventLoop<S> {
             #[cfg(any(target_os = "linux", target_os = "android"))]
             outgoing: Vec::new(),
             pending: Vec::new(),
+            ended: Vec::new(),
             spare: Vec::new(),
             timers: [
                 Deadlines::new(idle_ms),
@@ -293,6 +314,7 @@ impl<S: Service> EventLoop<S> {
             finished: false,
             reserve: File::open("/dev/null").ok(),
             last_exhaustion_log: None,
+            worker: None,
         })
     }
 
@@ -305,8 +327,22 @@ impl<S: Service> EventLoop<S> {
     /// A handle that stops this loop from another thread.
     pub fn handle(&self) -> Handle {
         Handle {
-            inner: self.shared.clone(),
+            loops: vec![self.shared.clone()],
         }
+    }
+
+    /// Another descriptor for listener `i`'s socket, for another loop to serve.
+    pub(crate) fn share_listener(&self, i: usize) -> io::Result<crate::listener::StdSocket> {
+        match &self.listeners[i].socket {
+            Some(Socket::Stream(l)) => l.share(),
+            Some(Socket::Datagram(d)) => d.sock.share(),
+            None => Err(io::Error::other("listener already closed")),
+        }
+    }
+
+    /// Names this loop as worker `i` in its log lines.
+    pub(crate) fn set_worker(&mut self, i: usize) {
+        self.worker = Some(i);
     }
 
     /// The counters so far.
@@ -485,7 +521,25 @@ impl<S: Service> EventLoop<S> {
         match cb {
             Callback::Data(n) => self.service.data(state, &self.scratch[..n], &mut ctx),
             Callback::Eof => self.service.eof(state, &mut ctx),
+            Callback::Writable => self.service.writable(state, &mut ctx),
         }
+        self.reap_ended();
+    }
+
+    /// Closes the other connections the last callback ended (slow consumers of a
+    /// fan-out). The current one is left to its caller, which settles it.
+    pub(super) fn reap_ended(&mut self) {
+        if self.ended.is_empty() {
+            return;
+        }
+        let mut ended = mem::take(&mut self.ended);
+        for id in ended.drain(..) {
+            let key = id.slot();
+            if self.conns.get(key).is_some_and(|c| c.seq == id.seq()) {
+                self.remove(key, Reason::Dead);
+            }
+        }
+        self.ended = ended;
     }
 
     /// Acts on every deadline that has passed: idle and linger timers, listener back-off.
@@ -519,4 +573,5 @@ impl<S: Service> EventLoop<S> {
 enum Callback {
     Data(usize),
     Eof,
+    Writable,
 }

@@ -29,7 +29,10 @@ impl<S: Service> EventLoop<S> {
                     let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
                     self.begin_shutdown(name);
                 }
-                SIGUSR1 => info!("stats {}", self.stats()),
+                SIGUSR1 => match self.worker {
+                    Some(w) => info!("stats worker={w} {}", self.stats()),
+                    None => info!("stats {}", self.stats()),
+                },
                 _ => {}
             }
         }
@@ -40,8 +43,12 @@ impl<S: Service> EventLoop<S> {
             return;
         }
         self.draining_until = Some(Instant::now() + self.config.shutdown_timeout);
+        let worker = self
+            .worker
+            .map(|w| format!("worker {w}: "))
+            .unwrap_or_default();
         info!(
-            "{why}: closing listeners, draining {} connections (at most {:?})",
+            "{worker}{why}: closing listeners, draining {} connections (at most {:?})",
             self.conns.len(),
             self.config.shutdown_timeout
         );

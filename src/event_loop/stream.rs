@@ -215,7 +215,11 @@ impl<S: Service> EventLoop<S> {
             conn.phase = Phase::Closing;
         }
         match conn.phase {
-            Phase::Open => {}
+            Phase::Open => {
+                if conn.wants_writable && conn.out.is_empty() {
+                    self.produce(key);
+                }
+            }
             Phase::Dead => self.remove(key, Reason::Dead),
             Phase::Closing if conn.out.is_empty() => {
                 match conn.stream.shutdown_write() {
@@ -250,6 +254,33 @@ impl<S: Service> EventLoop<S> {
                     self.remove(key, Reason::PeerClosed);
                 }
             }
+        }
+    }
+
+    /// Calls [`Service::writable`] while the service asks for it and the socket takes
+    /// everything it writes, at most the read budget's number of times per turn; a
+    /// producer still asking after that is served again next turn, like a reader that
+    /// used its budget. Output the socket did not take ends the calls until a writable
+    /// event has drained it (`settle` comes back here then).
+    fn produce(&mut self, key: usize) {
+        for _ in 0..self.config.read_budget {
+            let conn = &mut self.conns[key];
+            if !(conn.wants_writable && conn.out.is_empty() && conn.phase == Phase::Open) {
+                break;
+            }
+            conn.wants_writable = false;
+            self.callback(key, Callback::Writable);
+        }
+        let conn = &mut self.conns[key];
+        match conn.phase {
+            Phase::Open if conn.wants_writable && conn.out.is_empty() => {
+                self.stats.budget_yields += 1;
+                trace!("conn {}: write budget used, continuing next turn", conn.seq);
+                self.defer_conn(key);
+            }
+            Phase::Open => {}
+            // The service closed it, or a write failed: settle again.
+            _ => self.settle(key),
         }
     }
 

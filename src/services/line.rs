@@ -101,7 +101,7 @@ fn too_long(partial: &mut Partial, ctx: &mut Context<'_>) {
     ctx.close();
 }
 
-fn find_newline(buf: &[u8]) -> Option<usize> {
+pub(crate) fn find_newline(buf: &[u8]) -> Option<usize> {
     buf.iter().position(|&b| b == b'\n')
 }
 

@@ -3,12 +3,18 @@
 //! Each service is an ordinary [`Service`] implementation with no access to the loop
 //! beyond its [`Context`]: the same trait a program embedding the loop implements.
 
+mod chargen;
+mod chat;
+mod discard;
 mod echo;
 mod line;
 
 use std::fmt;
 use std::str::FromStr;
 
+pub use chargen::Chargen;
+pub use chat::Chat;
+pub use discard::Discard;
 pub use echo::Echo;
 pub use line::{Line, Partial, SERVER_FULL, TOO_LONG};
 
@@ -25,17 +31,32 @@ pub enum Mode {
     Echo,
     /// Line echo with a length limit.
     Line,
+    /// Each line relayed to every other chat client.
+    Chat,
+    /// RFC 863 discard.
+    Discard,
+    /// RFC 864 character generator.
+    Chargen,
 }
 
 impl Mode {
     /// Every mode, in the order the command line lists them.
-    pub const ALL: &'static [Mode] = &[Mode::Echo, Mode::Line];
+    pub const ALL: &'static [Mode] = &[
+        Mode::Echo,
+        Mode::Line,
+        Mode::Chat,
+        Mode::Discard,
+        Mode::Chargen,
+    ];
 
     /// The mode's name on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Echo => "echo",
             Mode::Line => "line",
+            Mode::Chat => "chat",
+            Mode::Discard => "discard",
+            Mode::Chargen => "chargen",
         }
     }
 }
@@ -67,6 +88,8 @@ pub struct Modes {
     default: Mode,
     per_listener: Vec<Option<Mode>>,
     line: Line,
+    chat: Chat,
+    chargen: Chargen,
 }
 
 /// The state of one connection under [`Modes`].
@@ -76,6 +99,12 @@ pub enum ModeConn {
     Echo,
     /// A line connection and its unterminated line.
     Line(Partial),
+    /// A chat connection and its unterminated line.
+    Chat(Partial),
+    /// A discard connection (no state).
+    Discard,
+    /// A chargen connection (no state).
+    Chargen,
 }
 
 impl Modes {
@@ -85,6 +114,8 @@ impl Modes {
             default,
             per_listener: Vec::new(),
             line: Line::new(DEFAULT_MAX_LINE),
+            chat: Chat::new(DEFAULT_MAX_LINE),
+            chargen: Chargen::new(),
         }
     }
 
@@ -97,10 +128,16 @@ impl Modes {
         self
     }
 
-    /// The line limit for line mode, terminator included.
+    /// The line limit for line and chat mode, terminator included.
     pub fn max_line(mut self, max_line: usize) -> Self {
         self.line = Line::new(max_line);
+        self.chat = Chat::new(max_line);
         self
+    }
+
+    /// True when any listener runs `mode`; `listeners` is how many there are.
+    pub fn uses(&self, mode: Mode, listeners: usize) -> bool {
+        (0..listeners.max(1)).any(|i| self.mode(i) == mode)
     }
 
     /// The mode that serves a listener.
@@ -120,6 +157,12 @@ impl Service for Modes {
         match self.mode(ctx.listener()) {
             Mode::Echo => ModeConn::Echo,
             Mode::Line => ModeConn::Line(self.line.open(ctx)),
+            Mode::Chat => ModeConn::Chat(self.chat.open(ctx)),
+            Mode::Discard => ModeConn::Discard,
+            Mode::Chargen => {
+                self.chargen.open(ctx);
+                ModeConn::Chargen
+            }
         }
     }
 
@@ -127,22 +170,34 @@ impl Service for Modes {
         match conn {
             ModeConn::Echo => Echo.data(&mut (), data, ctx),
             ModeConn::Line(p) => self.line.data(p, data, ctx),
+            ModeConn::Chat(p) => self.chat.data(p, data, ctx),
+            ModeConn::Discard | ModeConn::Chargen => {}
         }
     }
 
     fn eof(&mut self, conn: &mut ModeConn, ctx: &mut Context<'_>) {
-        match conn {
-            ModeConn::Echo => {}
-            ModeConn::Line(p) => self.line.eof(p, ctx),
+        if let ModeConn::Line(p) = conn {
+            self.line.eof(p, ctx);
         }
     }
 
-    fn close(&mut self, _conn: ModeConn, _id: ConnId) {}
+    fn writable(&mut self, conn: &mut ModeConn, ctx: &mut Context<'_>) {
+        if let ModeConn::Chargen = conn {
+            self.chargen.writable(&mut (), ctx);
+        }
+    }
+
+    fn close(&mut self, conn: ModeConn, id: ConnId) {
+        if let ModeConn::Chat(p) = conn {
+            self.chat.close(p, id);
+        }
+    }
 
     fn reject_message(&self, listener: usize) -> &[u8] {
         match self.mode(listener) {
-            Mode::Echo => &[],
+            Mode::Echo | Mode::Discard | Mode::Chargen => &[],
             Mode::Line => self.line.reject_message(listener),
+            Mode::Chat => self.chat.reject_message(listener),
         }
     }
 
@@ -150,6 +205,8 @@ impl Service for Modes {
         match self.mode(ctx.listener()) {
             Mode::Echo => Echo.datagram(data, ctx),
             Mode::Line => self.line.datagram(data, ctx),
+            Mode::Chargen => self.chargen.datagram(data, ctx),
+            Mode::Chat | Mode::Discard => {}
         }
     }
 }

@@ -170,18 +170,19 @@ struct ServeArgs {
     #[arg(long = "listen", value_name = "URL", value_parser = parse_listen_url)]
     listen: Vec<Url>,
 
-    /// The service: echo (RFC 862) or line (echo each complete line; on datagram
-    /// sockets, each datagram is one line).
+    /// The service: echo (RFC 862), line (echo each complete line; on datagram
+    /// sockets, each datagram is one line), chat (each line to every other client, as
+    /// `<ID> LINE`), discard (RFC 863) or chargen (RFC 864).
     #[arg(long, value_name = "MODE", default_value = "echo", value_parser = parse_mode)]
     mode: Mode,
 
     /// Most concurrent stream connections; past it a new one is accepted and closed at
-    /// once (line mode first sends `ERR server full`). Default: the descriptor limit
-    /// less 32.
+    /// once (line and chat mode first send `ERR server full`). With --workers, each
+    /// worker takes an equal share. Default: the descriptor limit less 32.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_conns: Option<u64>,
 
-    /// Longest line in line mode, terminator included.
+    /// Longest line in line and chat mode, terminator included.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_line: u64,
@@ -190,7 +191,8 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
     idle_timeout: Duration,
 
-    /// A connection whose unsent output passes this is a slow consumer and is closed.
+    /// A connection whose unsent output passes this is a slow consumer and is closed
+    /// (a chat client that does not read what the others say).
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_outbuf: u64,
@@ -220,6 +222,12 @@ struct ServeArgs {
     /// a datagram between them forever.
     #[arg(long)]
     allow_service_ports: bool,
+
+    /// Independent loops on N threads, each with its own SO_REUSEPORT sockets; the
+    /// kernel spreads connections and datagrams over them.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    workers: u64,
 }
 
 /// Query keys a listener URL may carry.
@@ -330,9 +338,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         .handle_signals(true)
         .allow_service_ports(args.allow_service_ports)
         .max_conns(
-            args.max_conns
+            // The limit is the server's: workers share the process's descriptors.
+            (args
+                .max_conns
                 .map(|n| n as usize)
-                .unwrap_or_else(|| sys::default_max_conns(nofile)),
+                .unwrap_or_else(|| sys::default_max_conns(nofile))
+                / args.workers as usize)
+                .max(1),
         );
     if let Some(config) = tls_config {
         builder = builder.tls(config);
@@ -360,7 +372,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         builder = builder.listen_with(url.endpoint.clone(), options);
     }
 
-    let mut server = match builder.build(service) {
+    let workers = args.workers as usize;
+    if workers > 1 && service.uses(Mode::Chat, listen.len()) {
+        eprintln!(
+            "sockloop: chat relays between the clients of one loop; it cannot run with \
+             --workers {workers} (clients of different workers would not hear each other)"
+        );
+        return ExitCode::from(2);
+    }
+    let server = match builder.build_workers(workers, |_| service.clone()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("sockloop: {e}");
@@ -377,11 +397,17 @@ fn serve(args: ServeArgs) -> ExitCode {
         error!("cannot write the ready lines to stdout: {e}");
     }
     drop(out);
+    let on = if workers > 1 {
+        format!(" on {workers} workers")
+    } else {
+        String::new()
+    };
     info!(
-        "serving {} on {} listener(s), at most {} connections (descriptor limit {nofile})",
+        "serving {} on {} listener(s){on}, at most {} connections{} (descriptor limit {nofile})",
         args.mode,
         listen.len(),
         server.max_conns(),
+        if workers > 1 { " per worker" } else { "" },
     );
 
     match server.run() {

@@ -1,0 +1,111 @@
+//! Chat: each complete line from one stream connection goes to every *other* chat
+//! connection of the loop as `<ID> LINE`, ID being the sender's [`ConnId`] (`<7> hi\n`).
+//!
+//! Fan-out is where a relay runs out of memory: one client that stops reading while
+//! the others talk would hold a copy of every line. Here each line is written to each
+//! receiver with `sendall` semantics through [`Context::write_vectored_to`], so a
+//! receiver that keeps up holds nothing, and one that does not is closed as a slow
+//! consumer once its unsent output passes [`Config::max_outbuf`](crate::Config) — memory
+//! stays below receivers × that limit whatever the senders do.
+//!
+//! Lines are limited like line mode's: one longer than the limit gets
+//! `ERR line too long\n` and the sender is closed. An unterminated tail at EOF is not a
+//! line and is not relayed. Datagrams are dropped: a datagram socket has no clients to
+//! relay to.
+
+use std::io::Write as _;
+
+use super::line::{Partial, SERVER_FULL, TOO_LONG, find_newline};
+use crate::service::{ConnId, Context, Service};
+
+/// The chat relay. Its state is the list of connections to relay to.
+#[derive(Clone, Debug)]
+pub struct Chat {
+    max_line: usize,
+    members: Vec<ConnId>,
+}
+
+impl Chat {
+    /// Lines longer than `max_line` bytes, terminator included, are refused.
+    pub fn new(max_line: usize) -> Self {
+        Chat {
+            max_line: max_line.max(1),
+            members: Vec::new(),
+        }
+    }
+
+    /// Connections currently in the chat.
+    pub fn members(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Sends `line` to everyone but its sender.
+    fn relay(&self, from: ConnId, prefix: &[u8], line: &[u8], ctx: &mut Context<'_>) {
+        for &to in &self.members {
+            if to != from {
+                ctx.write_vectored_to(to, &[prefix, line]);
+            }
+        }
+    }
+}
+
+impl Service for Chat {
+    type Conn = Partial;
+
+    fn open(&mut self, ctx: &mut Context<'_>) -> Partial {
+        self.members.push(ctx.id());
+        Vec::new()
+    }
+
+    fn data(&mut self, partial: &mut Partial, data: &[u8], ctx: &mut Context<'_>) {
+        let from = ctx.id();
+        let mut prefix = [0u8; 16];
+        let prefix_len = {
+            let mut w = &mut prefix[..];
+            // "<4294967295> " is 13 bytes: it always fits.
+            let _ = write!(w, "<{from}> ");
+            16 - w.len()
+        };
+        let prefix = &prefix[..prefix_len];
+        let mut rest = data;
+        while !rest.is_empty() {
+            let Some(i) = find_newline(rest) else {
+                if partial.len() + rest.len() > self.max_line {
+                    return too_long(partial, ctx);
+                }
+                partial.extend_from_slice(rest);
+                return;
+            };
+            let (piece, tail) = rest.split_at(i + 1);
+            rest = tail;
+            if partial.len() + piece.len() > self.max_line {
+                return too_long(partial, ctx);
+            }
+            if partial.is_empty() {
+                // The common case: the line is whole in this read, relayed from the
+                // loop's buffer without a copy.
+                self.relay(from, prefix, piece, ctx);
+            } else {
+                partial.extend_from_slice(piece);
+                self.relay(from, prefix, partial, ctx);
+                *partial = Vec::new();
+            }
+        }
+    }
+
+    fn close(&mut self, _partial: Partial, id: ConnId) {
+        if let Some(i) = self.members.iter().position(|&m| m == id) {
+            self.members.swap_remove(i);
+        }
+    }
+
+    fn reject_message(&self, _listener: usize) -> &[u8] {
+        SERVER_FULL
+    }
+}
+
+fn too_long(partial: &mut Partial, ctx: &mut Context<'_>) {
+    *partial = Vec::new();
+    ctx.write(TOO_LONG);
+    ctx.close();
+}
