@@ -205,3 +205,68 @@ fn help_lists_the_serve_options() {
         assert!(help.contains(opt), "help lacks {opt}");
     }
 }
+
+#[test]
+fn two_workers_serve_tcp_and_udp_and_shut_down_cleanly() {
+    let mut server = Proc::serve(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--workers",
+        "2",
+    ]);
+    // Many connections from different source ports: the kernel spreads them over
+    // both workers' sockets.
+    let data = pattern(200_000, 3);
+    let clients: Vec<_> = (0..40)
+        .map(|_| {
+            let (addr, data) = (server.addr(0), data.clone());
+            thread::spawn(move || exchange(addr, &data) == data)
+        })
+        .collect();
+    for c in clients {
+        assert!(c.join().unwrap(), "an echo differed");
+    }
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    for i in 0..20u8 {
+        udp.send_to(&[i; 100], server.addr(1)).unwrap();
+        let mut buf = [0u8; 200];
+        assert_eq!(udp.recv(&mut buf).unwrap(), 100);
+    }
+    // SIGUSR1: each worker logs its own counters; both took connections.
+    server.signal(Signal::SIGUSR1);
+    wait_until("both workers' counters", || {
+        server.stderr().matches("stats worker=").count() == 2
+    });
+    for line in server
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("stats worker="))
+    {
+        let accepted = util::last_stats(line)["accepted"];
+        assert!(accepted > 0, "a worker accepted nothing: {line}");
+    }
+    // A connection still open at SIGTERM gets its echo, then the server exits 0.
+    let mut open = connect(server.addr(0));
+    open.write_all(b"last words").unwrap();
+    wait_until("the last connection to be echoed", || {
+        let mut buf = [0u8; 10];
+        std::io::Read::read_exact(&mut open, &mut buf).is_ok()
+    });
+    server.signal(Signal::SIGTERM);
+    assert!(read_to_eof(&mut open).is_empty());
+    assert!(server.wait().success());
+    let log = server.stderr();
+    assert!(log.contains("on 2 workers"), "{log}");
+    assert!(
+        log.contains("worker 0: SIGTERM") && log.contains("worker 1: SIGTERM"),
+        "{log}"
+    );
+    // The final line sums both workers.
+    let stats = util::last_stats(&log);
+    assert_eq!(stats["accepted"], 41, "{log}");
+    assert_eq!(stats["closed"], 41);
+    assert_eq!(stats["datagrams_out"], 20);
+}
