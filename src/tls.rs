@@ -3,8 +3,8 @@
 //! rustls does no I/O of its own: it is a state machine fed with bytes read from the
 //! socket (`read_tls`), told to decrypt them (`process_new_packets`), and drained of
 //! the records it wants sent (`write_tls`). That makes it fit a readiness loop exactly:
-//! [`TlsStream`] does those steps inside `read` and `write`, so that to the loop and to
-//! every service a TLS connection is one more [`Stream`](crate::transport::Stream) that
+//! `TlsStream` does those steps inside `read` and `write`, so that to the loop and to
+//! every service a TLS connection is one more `Stream` that
 //! reads and writes plaintext, and returns `WouldBlock` when the socket does.
 //!
 //! # The steps, non-blocking
@@ -22,7 +22,7 @@
 //!   socket is full. rustls holds at most [`TLS_BUFFER_LIMIT`] bytes of records; past
 //!   that a write is short and the loop's own queue — with its backpressure and its
 //!   slow-consumer limit — takes the rest, so a slow reader cannot grow memory here.
-//! - **Closing.** [`TlsStream::shutdown_write`] sends `close_notify` before the TCP
+//! - **Closing.** `TlsStream::shutdown_write` sends `close_notify` before the TCP
 //!   FIN, on an orderly close and on a half-close alike; a peer's `close_notify` reads
 //!   as end of file.
 //!

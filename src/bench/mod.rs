@@ -8,7 +8,7 @@
 //!   (no coordinated omission).
 //! - **Reconnect**: a new connection for every message — the accept path under load.
 //!
-//! Every echoed byte is checked against what was sent ([`pattern`]); a wrong, missing
+//! Every echoed byte is checked against what was sent (`pattern`); a wrong, missing
 //! or extra byte is an error. Connections are opened in batches with back-off, so
 //! thousands can be ramped up without overflowing the server's accept queue. Each of
 //! `threads` threads runs its own poll loop over its share of the connections.
