@@ -626,3 +626,31 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as ra
     let out = run_python(&script, server.addr());
     assert_eq!(out.trim(), "TLSv1.3 one|two|");
 }
+
+#[test]
+fn chargen_and_chat_run_over_tls_unchanged() {
+    let dir = TempDir::new();
+    let pki = Pki::new(dir.path());
+    let server = tls_server(&pki, false, Builder::new(), Mode::Chargen);
+    let mut s = tls_connect(server.addr(), client_config(&pki, false));
+    let cycle = sockloop::services::Chargen::new().pattern().to_vec();
+    for _ in 0..3 {
+        assert!(
+            read_exact_tls(&mut s, cycle.len()) == cycle,
+            "chargen over TLS"
+        );
+    }
+    drop(s);
+
+    let server = tls_server(&pki, false, Builder::new(), Mode::Chat);
+    let mut a = BufReader::new(tls_connect(server.addr(), client_config(&pki, false)));
+    let mut b = BufReader::new(tls_connect(server.addr(), client_config(&pki, false)));
+    b.get_mut().write_all(b"ready\n").unwrap();
+    let mut line = String::new();
+    a.read_line(&mut line).unwrap();
+    assert_eq!(line, "<2> ready\n");
+    a.get_mut().write_all(b"secret\n").unwrap();
+    line.clear();
+    b.read_line(&mut line).unwrap();
+    assert_eq!(line, "<1> secret\n");
+}
