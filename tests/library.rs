@@ -356,3 +356,13 @@ fn workers_share_the_listeners_and_stop_together() {
     assert_eq!(stats.datagrams_out, 5);
     assert!(!sock.exists(), "the socket file outlived the workers");
 }
+
+#[test]
+fn the_handle_is_send_sync_and_clone_and_loops_move_to_threads() {
+    fn send_sync_clone<T: Send + Sync + Clone>() {}
+    fn send<T: Send>() {}
+    send_sync_clone::<sockloop::Handle>();
+    send::<sockloop::EventLoop<Shout>>();
+    send::<sockloop::Workers<sockloop::services::Modes>>();
+    send_sync_clone::<sockloop::Stats>();
+}
