@@ -129,16 +129,24 @@ fn a_chat_client_that_never_reads_is_closed_and_memory_stays_bounded() {
             peak
         })
     };
+    // The sender stays at most 2 MiB ahead of the reader: the reader is a client that
+    // keeps up (with its own kernel buffers, nothing waits for it in the server), and
+    // the silent client is the only one that does not.
     let mut w = sender.into_inner();
     let mut batch = Vec::with_capacity(1 << 20);
+    let mut sent_lines = 0u64;
     for i in 0..lines {
         batch.extend_from_slice(format!("{i:0>63}\n").as_bytes());
-        if batch.len() >= 1 << 20 {
+        if batch.len() >= 1 << 20 || i + 1 == lines {
+            let lead = (2 << 20) / LINE as u64;
+            wait_until("the reader to catch up", || {
+                received.load(Ordering::Relaxed) + lead >= sent_lines
+            });
             w.write_all(&batch).unwrap();
+            sent_lines += (batch.len() / LINE) as u64;
             batch.clear();
         }
     }
-    w.write_all(&batch).unwrap();
     let _reader = reading.join().expect("the reader got every line");
     done.store(true, Ordering::Relaxed);
     let peak_kb = peak.join().unwrap();

@@ -2,9 +2,9 @@
 //! connection of the loop as `<ID> LINE`, ID being the sender's [`ConnId`] (`<7> hi\n`).
 //!
 //! Fan-out is where a relay runs out of memory: one client that stops reading while
-//! the others talk would hold a copy of every line. Here each line is written to each
-//! receiver with `sendall` semantics through [`Context::write_vectored_to`], so a
-//! receiver that keeps up holds nothing, and one that does not is closed as a slow
+//! the others talk would hold a copy of every line. Here the lines of one read are
+//! written to each receiver with `sendall` semantics through [`Context::write_to`], so
+//! a receiver that keeps up holds nothing, and one that does not is closed as a slow
 //! consumer once its unsent output passes [`Config::max_outbuf`](crate::Config) — memory
 //! stays below receivers × that limit whatever the senders do.
 //!
@@ -23,6 +23,9 @@ use crate::service::{ConnId, Context, Service};
 pub struct Chat {
     max_line: usize,
     members: Vec<ConnId>,
+    /// The prefixed lines of one read, relayed to each member in one write: a read
+    /// holding many short lines costs one system call per receiver, not one per line.
+    batch: Vec<u8>,
 }
 
 impl Chat {
@@ -31,6 +34,7 @@ impl Chat {
         Chat {
             max_line: max_line.max(1),
             members: Vec::new(),
+            batch: Vec::new(),
         }
     }
 
@@ -39,15 +43,26 @@ impl Chat {
         self.members.len()
     }
 
-    /// Sends `line` to everyone but its sender.
-    fn relay(&self, from: ConnId, prefix: &[u8], line: &[u8], ctx: &mut Context<'_>) {
+    /// Sends the batch to everyone but its sender, and empties it.
+    fn relay(&mut self, from: ConnId, ctx: &mut Context<'_>) {
+        if self.batch.is_empty() {
+            return;
+        }
         for &to in &self.members {
             if to != from {
-                ctx.write_vectored_to(to, &[prefix, line]);
+                ctx.write_to(to, &self.batch);
             }
+        }
+        self.batch.clear();
+        // A burst must not leave a large buffer behind.
+        if self.batch.capacity() > BATCH_KEEP {
+            self.batch = Vec::new();
         }
     }
 }
+
+/// Capacity of the relay batch kept between reads.
+const BATCH_KEEP: usize = 128 * 1024;
 
 impl Service for Chat {
     type Conn = Partial;
@@ -71,26 +86,27 @@ impl Service for Chat {
         while !rest.is_empty() {
             let Some(i) = find_newline(rest) else {
                 if partial.len() + rest.len() > self.max_line {
+                    self.relay(from, ctx);
                     return too_long(partial, ctx);
                 }
                 partial.extend_from_slice(rest);
-                return;
+                break;
             };
             let (piece, tail) = rest.split_at(i + 1);
             rest = tail;
             if partial.len() + piece.len() > self.max_line {
+                // The lines before it still go out.
+                self.relay(from, ctx);
                 return too_long(partial, ctx);
             }
-            if partial.is_empty() {
-                // The common case: the line is whole in this read, relayed from the
-                // loop's buffer without a copy.
-                self.relay(from, prefix, piece, ctx);
-            } else {
-                partial.extend_from_slice(piece);
-                self.relay(from, prefix, partial, ctx);
+            self.batch.extend_from_slice(prefix);
+            if !partial.is_empty() {
+                self.batch.extend_from_slice(partial);
                 *partial = Vec::new();
             }
+            self.batch.extend_from_slice(piece);
         }
+        self.relay(from, ctx);
     }
 
     fn close(&mut self, _partial: Partial, id: ConnId) {
