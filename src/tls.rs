@@ -8,11 +8,14 @@
 //! reads and writes plaintext, and returns `WouldBlock` when the socket does.
 //!
 //! # The steps, non-blocking
-//! - **Reading.** One `read` of the socket into a ciphertext buffer, fed to rustls a
-//!   record's worth at a time; each feed is followed by `process_new_packets`, whose
-//!   plaintext is copied out to the caller. It stops when the caller's buffer is full
-//!   or the socket has no more (a short read or `WouldBlock`, as for plain TCP).
-//!   Whatever the handshake wants to say in return is written at once.
+//! - **Reading.** One `read` of the socket into the thread's ciphertext buffer (one per
+//!   thread, shared by every connection, like the loop's plaintext buffer), fed to
+//!   rustls a record's worth at a time; each feed is followed by
+//!   `process_new_packets`, whose plaintext is copied out to the caller. It stops when
+//!   the caller's buffer is full or the socket has no more (a short read or
+//!   `WouldBlock`, as for plain TCP); ciphertext not yet fed when the caller's buffer
+//!   filled stays with the connection for its next read. Whatever the handshake wants
+//!   to say in return is written at once.
 //! - **A bad record or a failed handshake.** `process_new_packets` fails and queues an
 //!   alert that says why; the alert is written (best effort) and the read fails, so
 //!   the loop closes that one connection.
@@ -52,6 +55,16 @@ pub const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 /// The ciphertext read buffer: room for a few maximum-size records (16 KiB + 325 B
 /// each), so one `read` call usually takes all the socket holds.
 const RX_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// Where ciphertext lands when it is read from a socket, before rustls takes it:
+    /// one buffer per thread, shared by every TLS connection on it, as the loop's
+    /// plaintext buffer is (a loop reads one connection at a time). A connection keeps
+    /// ciphertext of its own only when the reader's buffer filled before all of it
+    /// was decrypted.
+    static CIPHERTEXT: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; RX_SIZE].into_boxed_slice());
+}
 
 /// The crypto provider every configuration here is built with.
 fn provider() -> Arc<CryptoProvider> {
@@ -227,11 +240,9 @@ impl TlsClient {
 pub(crate) struct TlsStream {
     pub(crate) tcp: TcpStream,
     tls: Connection,
-    /// Ciphertext read from the socket and not yet fed to rustls: `rx[rx_pos..rx_len]`.
-    /// Allocated while in use only, so an idle connection holds none.
+    /// Ciphertext read from the socket and not yet fed to rustls, left over when the
+    /// reader's buffer filled first. Usually empty and unallocated.
     rx: Vec<u8>,
-    rx_pos: usize,
-    rx_len: usize,
     /// The peer's end of input was seen (`close_notify`, or a FIN): the next read
     /// returns 0 without touching the socket.
     eof: bool,
@@ -258,8 +269,6 @@ impl TlsStream {
             tcp,
             tls,
             rx: Vec::new(),
-            rx_pos: 0,
-            rx_len: 0,
             eof: false,
             close_sent: false,
             newly_established: false,
@@ -304,7 +313,7 @@ impl TlsStream {
     /// True when a read would return at once without new input from the socket (the
     /// end of input is known): the loop must not take a short read as "drained".
     pub(crate) fn has_buffered_input(&self) -> bool {
-        self.eof || self.rx_pos < self.rx_len
+        self.eof || !self.rx.is_empty()
     }
 
     /// Writes queued records until none are left (`Ok(true)`) or the socket is full
@@ -392,43 +401,100 @@ impl TlsStream {
         }
     }
 
-    /// Reads the socket once into the ciphertext buffer. `Ok(true)` when the read was
-    /// short (the socket is drained), `Ok(false)` when it filled the buffer.
-    fn fill(&mut self) -> io::Result<bool> {
-        if self.rx.is_empty() {
-            self.rx = vec![0; RX_SIZE];
-        }
-        loop {
-            match self.tcp.read(&mut self.rx) {
+    /// Hands decrypted plaintext to `buf[*filled..]`.
+    fn drain_plaintext(&mut self, buf: &mut [u8], filled: &mut usize) -> io::Result<Plain> {
+        while *filled < buf.len() {
+            match self.tls.reader().read(&mut buf[*filled..]) {
+                // The peer's close_notify: end of input.
                 Ok(0) => {
-                    // Tell rustls about the FIN: it then reports a close without
-                    // close_notify as UnexpectedEof, not WouldBlock.
-                    self.release_rx();
-                    let _ = self.tls.read_tls(&mut io::empty());
                     self.eof = true;
-                    return Ok(true);
+                    return Ok(Plain::Eof);
                 }
-                Ok(n) => {
-                    self.rx_pos = 0;
-                    self.rx_len = n;
-                    return Ok(n < RX_SIZE);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        self.release_rx();
+                Ok(n) => *filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Plain::More),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    // A FIN without close_notify. For an echo server that is still end
+                    // of input (many clients close that way); a truncation attack has
+                    // nothing to gain against a server that only sends back.
+                    if !self.eof {
+                        debug!("TLS peer closed without close_notify");
                     }
-                    return Err(e);
+                    self.eof = true;
+                    return Ok(Plain::Eof);
                 }
+                Err(e) => return Err(e),
             }
+        }
+        Ok(Plain::Full)
+    }
+
+    /// Feeds `input` to rustls, a record's worth at a time, handing the plaintext to
+    /// `buf`. Returns how much of `input` was taken, and whether the reader must stop
+    /// (its buffer is full, or the input ended).
+    fn feed(
+        &mut self,
+        input: &[u8],
+        buf: &mut [u8],
+        filled: &mut usize,
+    ) -> io::Result<(usize, bool)> {
+        let mut taken = 0;
+        loop {
+            if self.drain_plaintext(buf, filled)? != Plain::More {
+                return Ok((taken, true));
+            }
+            if taken == input.len() {
+                return Ok((taken, false));
+            }
+            let mut rest = &input[taken..];
+            let n = self.tls.read_tls(&mut rest)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS error: undecodable record",
+                ));
+            }
+            taken += n;
+            self.process()?;
         }
     }
 
-    fn release_rx(&mut self) {
-        self.rx = Vec::new();
-        self.rx_pos = 0;
-        self.rx_len = 0;
+    /// Reads the socket once into the thread's ciphertext buffer and feeds it to
+    /// rustls. `Ok(true)` when the reader must stop: its buffer is full, the input
+    /// ended, or the read was short (the socket is drained).
+    fn read_socket(&mut self, buf: &mut [u8], filled: &mut usize) -> io::Result<bool> {
+        CIPHERTEXT.with_borrow_mut(|scratch| {
+            let n = loop {
+                match self.tcp.read(scratch) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                // Tell rustls about the FIN: it then reports a close without
+                // close_notify as UnexpectedEof, not WouldBlock.
+                let _ = self.tls.read_tls(&mut io::empty());
+                self.process()?;
+                self.drain_plaintext(buf, filled)?;
+                self.eof = true;
+                return Ok(true);
+            }
+            let (taken, stop) = self.feed(&scratch[..n], buf, filled)?;
+            if taken < n {
+                self.rx = scratch[taken..n].to_vec();
+            }
+            Ok(stop || n < scratch.len())
+        })
     }
+}
+
+/// What [`TlsStream::drain_plaintext`] left: the reader's buffer full, the input at its
+/// end, or rustls wanting more ciphertext.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plain {
+    Full,
+    Eof,
+    More,
 }
 
 impl Read for TlsStream {
@@ -440,67 +506,29 @@ impl Read for TlsStream {
             return Ok(0);
         }
         let mut filled = 0;
-        let mut drained = false;
+        // What is left from last time first: plaintext rustls holds, then ciphertext.
+        let rx = std::mem::take(&mut self.rx);
+        let (taken, stop) = self.feed(&rx, buf, &mut filled)?;
+        if stop {
+            if taken < rx.len() {
+                self.rx = rx[taken..].to_vec();
+            }
+            return Ok(filled);
+        }
         loop {
-            match self.tls.reader().read(&mut buf[filled..]) {
-                // The peer's close_notify: end of input.
-                Ok(0) => {
-                    self.eof = true;
-                    return Ok(filled);
-                }
-                Ok(n) => {
-                    filled += n;
-                    if filled == buf.len() {
-                        return Ok(filled);
-                    }
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    // A FIN without close_notify. For an echo server that is still end
-                    // of input (many clients close that way); a truncation attack has
-                    // nothing to gain against a server that only sends back.
-                    if filled == 0 {
-                        debug!("TLS peer closed without close_notify");
-                    }
-                    self.eof = true;
-                    return Ok(filled);
-                }
+            match self.read_socket(buf, &mut filled) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
-            if self.rx_pos == self.rx_len {
-                if drained {
-                    // Everything the socket had is decrypted and handed out.
-                    self.release_rx();
-                    return if filled > 0 {
-                        Ok(filled)
-                    } else {
-                        Err(io::ErrorKind::WouldBlock.into())
-                    };
-                }
-                match self.fill() {
-                    Ok(short) => drained = short,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => {
-                        return Ok(filled);
-                    }
-                    Err(e) => return Err(e),
-                }
-                if self.eof {
-                    self.process()?;
-                    continue;
-                }
-            }
-            let mut input = &self.rx[self.rx_pos..self.rx_len];
-            let n = self.tls.read_tls(&mut input)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "TLS error: undecodable record",
-                ));
-            }
-            self.rx_pos += n;
-            self.process()?;
         }
+        if filled == 0 && !self.eof {
+            // Nothing for the caller (handshake records only, or nothing at all):
+            // the socket is drained.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(filled)
     }
 }
 
