@@ -220,8 +220,12 @@ fn send_stream(
                     Err(e) => return Err(e),
                 }
             }
-            // Write what the socket takes; a writable event brings the rest.
-            stream.flush_pending()?;
+            // Write what the socket takes; a writable event brings the rest. TLS
+            // records held back from last time go first; while some still wait, the
+            // socket is full.
+            if !stream.flush_pending()? {
+                continue;
+            }
             if !pending.is_empty() {
                 pending.write_to(&mut stream)?;
             }

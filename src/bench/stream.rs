@@ -247,11 +247,12 @@ fn flush(id: u32, c: &mut Conn, tally: &mut Tally) {
     if !c.alive {
         return;
     }
-    let r = c.stream.flush_pending().and_then(|_| {
-        if c.out.is_empty() {
-            Ok(())
-        } else {
+    // While held-back records are still waiting, the socket is full: the queue waits.
+    let r = c.stream.flush_pending().and_then(|flushed| {
+        if flushed && !c.out.is_empty() {
             c.out.write_to(&mut c.stream).map(|_| ())
+        } else {
+            Ok(())
         }
     });
     if let Err(e) = r {

@@ -66,12 +66,17 @@ impl<S: Service> EventLoop<S> {
         if !matches!(conn.phase, Phase::Open | Phase::Closing) {
             return;
         }
-        // Output held below the queue (TLS records) goes first: it is older.
-        if let Err(e) = conn.stream.flush_pending() {
-            self.stats.conn_errors += 1;
-            debug!("conn {}: write: {e}", conn.seq);
-            conn.phase = Phase::Dead;
-            return;
+        // Output held below the queue (TLS records) goes first: it is older. While
+        // some of it is still waiting the socket is full, and the queue waits too.
+        match conn.stream.flush_pending() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                self.stats.conn_errors += 1;
+                debug!("conn {}: write: {e}", conn.seq);
+                conn.phase = Phase::Dead;
+                return;
+            }
         }
         match conn.flush(&mut self.stats) {
             Ok(0) => {}
