@@ -104,6 +104,7 @@ fn main() {
         },
         Scenario {
             reconnect: true,
+            resume: true,
             ..Scenario::new("tls-resume", 8, 64, 1)
         },
     ];
@@ -121,9 +122,7 @@ fn main() {
         );
         println!("|---|---|---|---|---|---|---|---|---|");
         for s in chosen {
-            // tls-reconnect makes a full handshake per connection; tls-resume resumes
-            // the session, as a client that has been here before does.
-            let client = if s.name == "tls-resume" {
+            let client = if s.resume {
                 client.clone()
             } else {
                 client.clone().without_resumption()
@@ -156,6 +155,9 @@ struct Scenario {
     depth: usize,
     udp: bool,
     reconnect: bool,
+    /// TLS: resume the session of an earlier connection, as a client that has been
+    /// here before does; otherwise every connection makes a full handshake.
+    resume: bool,
 }
 
 impl Scenario {
@@ -167,6 +169,7 @@ impl Scenario {
             depth,
             udp: false,
             reconnect: false,
+            resume: false,
         }
     }
 

@@ -26,6 +26,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::endpoint::Endpoint;
 use crate::tls::TlsStream;
+use crate::transport::{PeerAddr, Stream};
 
 /// A socket bound by the caller, for [`Builder::listen_socket`](crate::Builder::listen_socket):
 /// the loop serves it as it would one it bound from a URL (but leaves a Unix socket's
@@ -65,7 +66,6 @@ impl From<std::os::unix::net::UnixDatagram> for StdSocket {
         StdSocket::UnixDatagram(s)
     }
 }
-use crate::transport::{PeerAddr, Stream};
 
 /// The accept queue length asked of `listen`; the kernel caps it at
 /// `net.core.somaxconn` (4096 on current Linux), so this means "as long as allowed".
@@ -85,12 +85,10 @@ pub(crate) struct BindOptions {
 /// A bound, non-blocking socket that produces connections.
 #[derive(Debug)]
 pub(crate) enum Listener {
-    /// A TCP listener.
-    Tcp(TcpListener),
-    /// A TCP listener whose connections speak TLS.
-    Tls {
+    /// A TCP listener; with a TLS configuration its connections speak TLS.
+    Tcp {
         sock: TcpListener,
-        config: Arc<rustls::ServerConfig>,
+        tls: Option<Arc<rustls::ServerConfig>>,
     },
     /// A Unix stream listener; the socket file goes when it does, if this process made
     /// it (not for a socket handed over already bound).
@@ -130,14 +128,24 @@ impl Bound {
                 .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
         };
         match endpoint {
-            Endpoint::Tcp(hp) => {
+            Endpoint::Tcp(hp) | Endpoint::Tls(hp) => {
+                let tls = match endpoint {
+                    Endpoint::Tls(_) => Some(opts.tls.clone().ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("cannot bind {endpoint}: no TLS certificate and key given"),
+                        )
+                    })?),
+                    _ => None,
+                };
                 let addr = inet(hp).map_err(context)?;
                 let sock =
                     inet_socket(addr, Type::STREAM, Protocol::TCP, &opts).map_err(context)?;
                 sock.listen(BACKLOG).map_err(context)?;
-                Ok(Bound::Stream(Listener::Tcp(TcpListener::from_std(
-                    sock.into(),
-                ))))
+                Ok(Bound::Stream(Listener::Tcp {
+                    sock: TcpListener::from_std(sock.into()),
+                    tls,
+                }))
             }
             Endpoint::Udp(hp) => {
                 let addr = inet(hp).map_err(context)?;
@@ -163,22 +171,6 @@ impl Bound {
                     _file: Some(file),
                 }))
             }
-            Endpoint::Tls(hp) => {
-                let config = opts.tls.clone().ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("cannot bind {endpoint}: no TLS certificate and key given"),
-                    )
-                })?;
-                let addr = inet(hp).map_err(context)?;
-                let sock =
-                    inet_socket(addr, Type::STREAM, Protocol::TCP, &opts).map_err(context)?;
-                sock.listen(BACKLOG).map_err(context)?;
-                Ok(Bound::Stream(Listener::Tls {
-                    sock: TcpListener::from_std(sock.into()),
-                    config,
-                }))
-            }
         }
     }
 
@@ -188,24 +180,25 @@ impl Bound {
         socket: StdSocket,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> io::Result<(Bound, Endpoint)> {
-        let unnamed = || {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a Unix socket without a path (unbound or abstract) cannot be served",
-            )
+        let path = |addr: std::os::unix::net::SocketAddr| {
+            addr.as_pathname().map(Path::to_path_buf).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a Unix socket without a path (unbound or abstract) cannot be served",
+                )
+            })
         };
         Ok(match socket {
             StdSocket::Tcp(l) => {
                 l.set_nonblocking(true)?;
                 let hp = crate::endpoint::HostPort::from(l.local_addr()?);
+                let ep = if tls.is_some() {
+                    Endpoint::Tls(hp)
+                } else {
+                    Endpoint::Tcp(hp)
+                };
                 let sock = TcpListener::from_std(l);
-                match tls {
-                    Some(config) => (
-                        Bound::Stream(Listener::Tls { sock, config }),
-                        Endpoint::Tls(hp),
-                    ),
-                    None => (Bound::Stream(Listener::Tcp(sock)), Endpoint::Tcp(hp)),
-                }
+                (Bound::Stream(Listener::Tcp { sock, tls }), ep)
             }
             StdSocket::Udp(u) => {
                 u.set_nonblocking(true)?;
@@ -217,29 +210,15 @@ impl Bound {
             }
             StdSocket::Unix(l) => {
                 l.set_nonblocking(true)?;
-                let path = l
-                    .local_addr()?
-                    .as_pathname()
-                    .ok_or_else(unnamed)?
-                    .to_owned();
+                let ep = Endpoint::Unix(path(l.local_addr()?)?);
                 let sock = UnixListener::from_std(l);
-                (
-                    Bound::Stream(Listener::Unix { sock, _file: None }),
-                    Endpoint::Unix(path),
-                )
+                (Bound::Stream(Listener::Unix { sock, _file: None }), ep)
             }
             StdSocket::UnixDatagram(u) => {
                 u.set_nonblocking(true)?;
-                let path = u
-                    .local_addr()?
-                    .as_pathname()
-                    .ok_or_else(unnamed)?
-                    .to_owned();
+                let ep = Endpoint::UnixDgram(path(u.local_addr()?)?);
                 let sock = UnixDatagram::from_std(u);
-                (
-                    Bound::Datagram(DgramSocket::Unix { sock, _file: None }),
-                    Endpoint::UnixDgram(path),
-                )
+                (Bound::Datagram(DgramSocket::Unix { sock, _file: None }), ep)
             }
         })
     }
@@ -247,9 +226,7 @@ impl Bound {
     /// The bound endpoint, with port 0 resolved to the real port.
     pub(crate) fn local_endpoint(&self, asked: &Endpoint) -> io::Result<Endpoint> {
         Ok(match self {
-            Bound::Stream(Listener::Tcp(l) | Listener::Tls { sock: l, .. }) => {
-                asked.with_addr(l.local_addr()?)
-            }
+            Bound::Stream(Listener::Tcp { sock, .. }) => asked.with_addr(sock.local_addr()?),
             Bound::Datagram(DgramSocket::Udp(s)) => asked.with_addr(s.local_addr()?),
             Bound::Stream(Listener::Unix { .. }) | Bound::Datagram(DgramSocket::Unix { .. }) => {
                 asked.clone()
@@ -263,9 +240,7 @@ impl Listener {
     /// sockets have no `SO_REUSEPORT`). The socket file stays with this one.
     pub(crate) fn share(&self) -> io::Result<StdSocket> {
         Ok(match self {
-            Listener::Tcp(l) | Listener::Tls { sock: l, .. } => {
-                StdSocket::Tcp(l.as_fd().try_clone_to_owned()?.into())
-            }
+            Listener::Tcp { sock, .. } => StdSocket::Tcp(sock.as_fd().try_clone_to_owned()?.into()),
             Listener::Unix { sock, .. } => {
                 StdSocket::Unix(sock.as_fd().try_clone_to_owned()?.into())
             }
@@ -275,7 +250,7 @@ impl Listener {
     /// The socket as something `poll` can register.
     pub(crate) fn source(&mut self) -> &mut dyn Source {
         match self {
-            Listener::Tcp(l) | Listener::Tls { sock: l, .. } => l,
+            Listener::Tcp { sock, .. } => sock,
             Listener::Unix { sock, .. } => sock,
         }
     }
@@ -283,18 +258,16 @@ impl Listener {
     /// Accepts one pending connection (`accept4`, already non-blocking and close-on-exec).
     pub(crate) fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
         match self {
-            Listener::Tcp(l) => {
-                let (s, peer) = l.accept()?;
+            Listener::Tcp { sock, tls } => {
+                let (s, peer) = sock.accept()?;
                 // An echo server answers small writes at once; Nagle would hold them back
                 // waiting for an ACK. Failure only costs latency, so it is not fatal.
                 let _ = s.set_nodelay(true);
-                Ok((Stream::Tcp(s), PeerAddr::Inet(peer)))
-            }
-            Listener::Tls { sock, config } => {
-                let (s, peer) = sock.accept()?;
-                let _ = s.set_nodelay(true);
-                let tls = TlsStream::accept(s, config)?;
-                Ok((Stream::Tls(Box::new(tls)), PeerAddr::Inet(peer)))
+                let stream = match tls {
+                    Some(config) => Stream::Tls(Box::new(TlsStream::accept(s, config)?)),
+                    None => Stream::Tcp(s),
+                };
+                Ok((stream, PeerAddr::Inet(peer)))
             }
             Listener::Unix { sock, .. } => {
                 let (s, peer) = sock.accept()?;

@@ -1,8 +1,9 @@
 //! Deadlines for many connections at a cost that does not grow with their number.
 //!
 //! Every connection in one [`Deadlines`] list has the same timeout (the idle timeout,
-//! the linger time or the TLS handshake timeout), so the list needs no sorting: a connection that is stamped goes to
-//! the tail, and the head is always the one whose deadline comes first. Each turn the
+//! the linger time or the TLS handshake timeout), so the list needs no sorting: a
+//! connection that is stamped goes to the tail, and the head is always the one whose
+//! deadline comes first. Each turn the
 //! loop looks at the head only, and pops while the head has expired. Links live inside
 //! the connections themselves (an intrusive doubly-linked list over slab keys), so
 //! adding, moving and removing are O(1) and allocate nothing.

@@ -71,11 +71,6 @@ impl<S: Service> Workers<S> {
     pub fn handle(&self) -> Handle {
         Handle::join(self.loops.iter().map(EventLoop::handle))
     }
-
-    /// The loops themselves, for a program that runs them on threads of its own.
-    pub fn into_loops(self) -> Vec<EventLoop<S>> {
-        self.loops
-    }
 }
 
 impl<S> Workers<S>

@@ -246,12 +246,7 @@ fn sockets_bound_by_the_caller_are_served() {
     c.send_to(b"dgram", udp_addr).unwrap();
     let mut buf = [0u8; 16];
     assert_eq!(c.recv(&mut buf).unwrap(), 5);
-    let mut u = UnixStream::connect(&path).unwrap();
-    u.write_all(b"unix").unwrap();
-    u.shutdown(Shutdown::Write).unwrap();
-    let mut back = Vec::new();
-    u.read_to_end(&mut back).unwrap();
-    assert_eq!(back, b"unix");
+    assert_eq!(unix_exchange(&path, b"unix"), b"unix");
     drop(server);
     // The loop did not make the socket file, so it leaves it to its owner.
     assert!(path.exists());
@@ -342,12 +337,7 @@ fn workers_share_the_listeners_and_stop_together() {
         assert_eq!(c.recv(&mut buf).unwrap(), 4);
     }
     for _ in 0..5 {
-        let mut u = UnixStream::connect(&sock).unwrap();
-        u.write_all(b"unix").unwrap();
-        u.shutdown(Shutdown::Write).unwrap();
-        let mut back = Vec::new();
-        u.read_to_end(&mut back).unwrap();
-        assert_eq!(back, b"unix");
+        assert_eq!(unix_exchange(&sock, b"unix"), b"unix");
     }
     handle.shutdown().unwrap();
     let stats = running.join().unwrap().unwrap();

@@ -141,6 +141,16 @@ pub fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     read_to_eof(&mut s)
 }
 
+/// [`exchange`] over a Unix stream socket.
+pub fn unix_exchange(path: &std::path::Path, data: &[u8]) -> Vec<u8> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    read_to_eof(&mut s)
+}
+
 /// True when the peer has closed: a read returns EOF or a reset within the deadline.
 pub fn closed_by_peer(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4096];

@@ -469,15 +469,12 @@ fn bench(args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let tls = tls.map(|t| {
-        if args.no_resume {
-            t.without_resumption()
-        } else {
-            t
-        }
-    });
     let mut cfg = BenchConfig::new(args.url);
-    cfg.tls = tls;
+    cfg.tls = if args.no_resume {
+        tls.map(TlsClient::without_resumption)
+    } else {
+        tls
+    };
     cfg.conns = args.conns as usize;
     cfg.size = args.size as usize;
     cfg.depth = args.depth as usize;
