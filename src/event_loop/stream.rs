@@ -268,24 +268,24 @@ impl<S: Service> EventLoop<S> {
     /// used its budget. Output the socket did not take ends the calls until a writable
     /// event has drained it (`settle` comes back here then).
     fn produce(&mut self, key: usize) {
-        for _ in 0..self.config.read_budget {
+        let mut budget = self.config.read_budget;
+        loop {
             let conn = &mut self.conns[key];
-            if !(conn.wants_writable && conn.out.is_empty() && conn.phase == Phase::Open) {
-                break;
+            if conn.phase != Phase::Open {
+                // The service closed it, or a write failed: settle again.
+                return self.settle(key);
             }
-            conn.wants_writable = false;
-            self.callback(key, Callback::Writable);
-        }
-        let conn = &mut self.conns[key];
-        match conn.phase {
-            Phase::Open if conn.wants_writable && conn.out.is_empty() => {
+            if !conn.wants_writable || !conn.out.is_empty() {
+                return;
+            }
+            if budget == 0 {
                 self.stats.budget_yields += 1;
                 trace!("conn {}: write budget used, continuing next turn", conn.seq);
-                self.defer_conn(key);
+                return self.defer_conn(key);
             }
-            Phase::Open => {}
-            // The service closed it, or a write failed: settle again.
-            _ => self.settle(key),
+            budget -= 1;
+            conn.wants_writable = false;
+            self.callback(key, Callback::Writable);
         }
     }
 

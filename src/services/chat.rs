@@ -15,7 +15,7 @@
 
 use std::io::Write as _;
 
-use super::line::{Partial, SERVER_FULL, TOO_LONG, find_newline};
+use super::line::{Partial, SERVER_FULL, find_newline, too_long};
 use crate::service::{ConnId, Context, Service};
 
 /// The chat relay. Its state is the list of connections to relay to.
@@ -118,10 +118,4 @@ impl Service for Chat {
     fn reject_message(&self, _listener: usize) -> &[u8] {
         SERVER_FULL
     }
-}
-
-fn too_long(partial: &mut Partial, ctx: &mut Context<'_>) {
-    *partial = Vec::new();
-    ctx.write(TOO_LONG);
-    ctx.close();
 }

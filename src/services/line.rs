@@ -95,7 +95,8 @@ impl Service for Line {
     }
 }
 
-fn too_long(partial: &mut Partial, ctx: &mut Context<'_>) {
+/// Refuses an over-long line: the error, then the connection closes once it is sent.
+pub(crate) fn too_long(partial: &mut Partial, ctx: &mut Context<'_>) {
     *partial = Vec::new();
     ctx.write(TOO_LONG);
     ctx.close();
