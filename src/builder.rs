@@ -4,11 +4,13 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conn::Limits;
 use crate::endpoint::Endpoint;
 use crate::event_loop::EventLoop;
-use crate::listener::{BindOptions, Bound, StdSocket};
 use crate::service::Service;
+use crate::socket::{BindOptions, Bound, StdSocket};
 use crate::sys;
+use crate::token;
 use crate::workers::Workers;
 
 /// The loop's limits and tunables. [`Config::default`] holds the binary's defaults.
@@ -24,6 +26,15 @@ pub struct Config {
     /// A connection whose unsent output passes this many bytes is a slow consumer and
     /// is closed.
     pub max_outbuf: usize,
+    /// When the unsent output of all connections together passes this many bytes, the
+    /// connections that owe the most are closed as slow consumers until it is a tenth
+    /// below. `None`: a quarter of the memory available to the process (the cgroup
+    /// limit in a container, else the machine's memory), read when the loop is built;
+    /// [`Builder::build_workers`] divides it between the loops.
+    pub max_outbuf_total: Option<usize>,
+    /// Most bytes of spare output buffer kept for the next burst once output has been
+    /// written; beyond this, memory goes back to the system.
+    pub spare_output: usize,
     /// Stop reading a connection while its unsent output is at least this many bytes.
     pub high_water: usize,
     /// Resume reading once its unsent output has drained to at most this many bytes.
@@ -65,6 +76,8 @@ impl Default for Config {
             max_conns: None,
             idle_timeout: None,
             max_outbuf: 4 * 1024 * 1024,
+            max_outbuf_total: None,
+            spare_output: 4 * 1024 * 1024,
             high_water: 256 * 1024,
             low_water: 64 * 1024,
             read_budget: 16,
@@ -279,11 +292,8 @@ impl Builder {
                 }
             }
         }
-        let max_conns = match self.config.max_conns {
-            Some(n) => n,
-            None => sys::default_max_conns(sys::nofile_limit()?),
-        };
-        EventLoop::new(listeners, service, self.config, max_conns)
+        let limits = limits(&self.config)?;
+        EventLoop::new(listeners, service, self.config, limits)
     }
 
     /// Makes `n` loops serving the same listeners, for [`Workers`] to run on `n`
@@ -304,12 +314,16 @@ impl Builder {
         if n > 1 {
             self.config.reuse_port = true;
         }
+        // The memory ceiling is the process's: each loop gets its share.
+        if self.config.max_outbuf_total.is_none() {
+            self.config.max_outbuf_total = Some(sys::default_max_outbuf_total() / n);
+        }
         // For each listener: bind it again (internet addresses), or share loop 0's socket.
         let plan: Vec<(bool, ListenOptions)> = self
             .listen
             .iter()
             .map(|l| match l {
-                Listen::Bind(Endpoint::Unix(_) | Endpoint::UnixDgram(_), o)
+                Listen::Bind(Endpoint::Unix(_) | Endpoint::UnixDatagram(_), o)
                 | Listen::Adopt(_, o) => (false, o.clone()),
                 Listen::Bind(_, o) => (true, o.clone()),
             })
@@ -331,7 +345,7 @@ impl Builder {
                 b.listen.push(if *rebind {
                     Listen::Bind(addrs[j].clone(), options.clone())
                 } else {
-                    Listen::Adopt(loops[0].share_listener(j)?, options.clone())
+                    Listen::Adopt(loops[0].share_socket(j)?, options.clone())
                 });
             }
             let mut lp = b.build(make(i))?;
@@ -340,4 +354,26 @@ impl Builder {
         }
         Ok(Workers::new(loops))
     }
+}
+
+/// The limits a loop's connection table keeps, with the defaults that depend on the
+/// machine filled in.
+fn limits(config: &Config) -> io::Result<Limits> {
+    let max_conns = match config.max_conns {
+        Some(n) => n,
+        None => sys::default_max_conns(sys::nofile_limit()?),
+    };
+    Ok(Limits {
+        max_conns: max_conns.min(token::MAX_KEY),
+        max_outbuf: config.max_outbuf,
+        max_outbuf_total: config
+            .max_outbuf_total
+            .unwrap_or_else(sys::default_max_outbuf_total),
+        high_water: config.high_water,
+        low_water: config.low_water,
+        idle_ms: config.idle_timeout.map(|d| d.as_millis() as u64),
+        linger_ms: config.linger.as_millis() as u64,
+        handshake_ms: config.handshake_timeout.as_millis() as u64,
+        spare_output: config.spare_output,
+    })
 }

@@ -81,7 +81,7 @@ pub enum Endpoint {
     /// A Unix-domain stream socket at a filesystem path.
     Unix(PathBuf),
     /// A Unix-domain datagram socket at a filesystem path.
-    UnixDgram(PathBuf),
+    UnixDatagram(PathBuf),
 }
 
 impl Endpoint {
@@ -92,7 +92,7 @@ impl Endpoint {
             Endpoint::Udp(_) => "udp",
             Endpoint::Tls(_) => "tls",
             Endpoint::Unix(_) => "unix",
-            Endpoint::UnixDgram(_) => "unixgram",
+            Endpoint::UnixDatagram(_) => "unixgram",
         }
     }
 
@@ -108,14 +108,14 @@ impl Endpoint {
     pub fn host_port(&self) -> Option<&HostPort> {
         match self {
             Endpoint::Tcp(hp) | Endpoint::Udp(hp) | Endpoint::Tls(hp) => Some(hp),
-            Endpoint::Unix(_) | Endpoint::UnixDgram(_) => None,
+            Endpoint::Unix(_) | Endpoint::UnixDatagram(_) => None,
         }
     }
 
     /// The filesystem path of a Unix endpoint, `None` for internet ones.
     pub fn path(&self) -> Option<&Path> {
         match self {
-            Endpoint::Unix(p) | Endpoint::UnixDgram(p) => Some(p),
+            Endpoint::Unix(p) | Endpoint::UnixDatagram(p) => Some(p),
             _ => None,
         }
     }
@@ -138,7 +138,7 @@ impl fmt::Display for Endpoint {
             Endpoint::Tcp(hp) | Endpoint::Udp(hp) | Endpoint::Tls(hp) => {
                 write!(f, "{}://{}", self.scheme(), hp)
             }
-            Endpoint::Unix(p) | Endpoint::UnixDgram(p) => {
+            Endpoint::Unix(p) | Endpoint::UnixDatagram(p) => {
                 write!(f, "{}:{}", self.scheme(), p.display())
             }
         }
@@ -233,7 +233,7 @@ impl FromStr for Url {
                 if scheme == "unix" {
                     Endpoint::Unix(PathBuf::from(path))
                 } else {
-                    Endpoint::UnixDgram(PathBuf::from(path))
+                    Endpoint::UnixDatagram(PathBuf::from(path))
                 }
             }
             other => {
@@ -336,7 +336,7 @@ mod tests {
         );
         assert_eq!(
             url("unixgram:rel.dgram").endpoint,
-            Endpoint::UnixDgram("rel.dgram".into())
+            Endpoint::UnixDatagram("rel.dgram".into())
         );
     }
 

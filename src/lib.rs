@@ -231,20 +231,17 @@
 
 #![warn(missing_docs)]
 
-pub mod bench;
-pub mod buffer;
 mod builder;
 pub mod client;
 mod conn;
-mod datagram;
 pub mod endpoint;
 pub mod event_loop;
-mod listener;
+mod readiness;
 pub mod service;
 pub mod services;
+mod socket;
 pub mod stats;
 pub mod sys;
-mod timer;
 pub mod tls;
 mod token;
 mod transport;
@@ -253,8 +250,8 @@ mod workers;
 pub use builder::{Builder, Config, ListenOptions};
 pub use endpoint::{Endpoint, Url};
 pub use event_loop::{EventLoop, Handle};
-pub use listener::StdSocket;
 pub use service::{ConnId, Context, DatagramContext, Service};
+pub use socket::StdSocket;
 pub use stats::Stats;
 pub use transport::PeerAddr;
 pub use workers::Workers;

@@ -9,11 +9,9 @@ use std::fmt;
 use std::io;
 
 use log::debug;
-use slab::Slab;
 
-use crate::conn::{Conn, Phase};
+use crate::conn::{Conns, Phase};
 use crate::stats::Stats;
-use crate::timer::{Deadlines, TIMER_KINDS, Timer};
 use crate::transport::PeerAddr;
 
 /// Identifies one stream connection for the life of its loop.
@@ -49,14 +47,14 @@ impl fmt::Display for ConnId {
 /// A protocol served by the loop: echo, line, or one of your own.
 ///
 /// The loop calls these methods on its own thread, one at a time. Each stream
-/// connection gets a value of [`Service::Conn`] from [`open`](Service::open), which the
+/// connection gets a value of [`Service::State`] from [`open`](Service::open), which the
 /// loop stores and hands back to every later call for that connection, and finally to
 /// [`close`](Service::close).
 ///
 /// # Contract
 /// - `data` receives bytes in the order the peer sent them, in chunks of any size: a
 ///   message may be split across calls or several may arrive in one. Keep whatever you
-///   cannot use yet (an unterminated line) in your `Conn`, and keep it small: an idle
+///   cannot use yet (an unterminated line) in your `State`, and keep it small: an idle
 ///   connection should own no buffers.
 /// - Writes through the [`Context`] never block and are never lost: what the socket does
 ///   not take at once is queued and written when it can. While a connection's queued
@@ -71,30 +69,30 @@ impl fmt::Display for ConnId {
 ///   chunk, so output goes exactly as fast as the peer reads.
 pub trait Service {
     /// Per-connection state.
-    type Conn;
+    type State;
 
     /// A connection was accepted. Returns its state; may already write a greeting.
-    fn open(&mut self, ctx: &mut Context<'_>) -> Self::Conn;
+    fn open(&mut self, ctx: &mut Context<'_>) -> Self::State;
 
     /// Bytes arrived on a connection.
-    fn data(&mut self, conn: &mut Self::Conn, data: &[u8], ctx: &mut Context<'_>);
+    fn data(&mut self, state: &mut Self::State, data: &[u8], ctx: &mut Context<'_>);
 
     /// No more input will arrive on this connection (see the trait docs).
-    fn eof(&mut self, conn: &mut Self::Conn, ctx: &mut Context<'_>) {
-        let _ = (conn, ctx);
+    fn eof(&mut self, state: &mut Self::State, ctx: &mut Context<'_>) {
+        let _ = (state, ctx);
     }
 
     /// The connection can take more output: everything written so far has gone to the
     /// socket. Called only after [`Context::want_writable`], once per request: a
     /// producer writes a chunk and asks again. Never called while output is queued, so
     /// a peer that stops reading stops the calls, and nothing piles up.
-    fn writable(&mut self, conn: &mut Self::Conn, ctx: &mut Context<'_>) {
-        let _ = (conn, ctx);
+    fn writable(&mut self, state: &mut Self::State, ctx: &mut Context<'_>) {
+        let _ = (state, ctx);
     }
 
     /// The connection is gone; its state is handed back for any cleanup.
-    fn close(&mut self, conn: Self::Conn, id: ConnId) {
-        let _ = (conn, id);
+    fn close(&mut self, state: Self::State, id: ConnId) {
+        let _ = (state, id);
     }
 
     /// The bytes sent to a connection refused because the server is full
@@ -116,7 +114,7 @@ pub trait Service {
 
 /// What a service can do with one datagram: answer it, once.
 pub struct DatagramContext<'a> {
-    pub(crate) listener: usize,
+    pub(crate) socket: usize,
     pub(crate) peer: &'a PeerAddr,
     pub(crate) request_len: usize,
     /// Where the reply is copied; the loop sends it after the callback returns.
@@ -126,9 +124,11 @@ pub struct DatagramContext<'a> {
 }
 
 impl DatagramContext<'_> {
-    /// The index of the socket the datagram arrived on (see [`Context::listener`]).
-    pub fn listener(&self) -> usize {
-        self.listener
+    /// The index of the socket the datagram arrived on, in the order the sockets were
+    /// given to the [`Builder`](crate::Builder) (the numbering [`Context::listener`]
+    /// uses for stream listeners).
+    pub fn socket(&self) -> usize {
+        self.socket
     }
 
     /// The sender.
@@ -164,52 +164,46 @@ impl DatagramContext<'_> {
 /// What a service callback can do: write to the connection it was called for (or to
 /// another by its [`ConnId`]), ask to be told when it can take more, close it, and
 /// learn where it comes from.
+///
+/// It borrows the loop's connection table for the length of one callback; every
+/// method is a call into that table, which owns the rules (`conn/mod.rs`).
 pub struct Context<'a> {
-    pub(crate) conns: &'a mut Slab<Conn>,
-    pub(crate) timers: &'a mut [Deadlines; TIMER_KINDS],
-    pub(crate) key: usize,
-    pub(crate) stats: &'a mut Stats,
-    pub(crate) now_ms: u64,
-    pub(crate) max_outbuf: usize,
-    /// Other connections this callback ended (a slow consumer of a fan-out, a write
-    /// error): the loop closes them when the callback returns.
-    pub(crate) ended: &'a mut Vec<ConnId>,
+    conns: &'a mut Conns,
+    stats: &'a mut Stats,
+    key: usize,
 }
 
-impl Context<'_> {
-    fn conn(&self) -> &Conn {
-        &self.conns[self.key]
+impl<'a> Context<'a> {
+    /// The context of a callback for connection `key`.
+    pub(crate) fn new(conns: &'a mut Conns, stats: &'a mut Stats, key: usize) -> Self {
+        Context { conns, stats, key }
     }
 
     /// This connection's id.
     pub fn id(&self) -> ConnId {
-        let c = self.conn();
-        ConnId {
-            seq: c.seq,
-            key: self.key as u32,
-        }
+        self.conns.id(self.key)
     }
 
     /// The index of the listener that accepted this connection, in the order the
     /// listeners were given to the [`Builder`](crate::Builder).
     pub fn listener(&self) -> usize {
-        self.conn().listener as usize
+        self.conns.listener(self.key)
     }
 
     /// The peer's address (asks the kernel: a `getpeername` call).
     pub fn peer_addr(&self) -> io::Result<PeerAddr> {
-        self.conn().stream.peer_addr()
+        self.conns.peer_addr(self.key)
     }
 
     /// Bytes written by this connection's service but not yet taken by the socket.
     pub fn queued(&self) -> usize {
-        self.conn().out.len()
+        self.conns.queued(self.key)
     }
 
     /// True once the connection is finishing: after [`close`](Self::close), on a
     /// socket error, or during server shutdown. Writes are then ignored or only flushed.
     pub fn is_closing(&self) -> bool {
-        self.conn().phase != Phase::Open
+        self.conns.phase(self.key) != Phase::Open
     }
 
     /// Sends bytes to the peer with `sendall` semantics: all of them, in order, without
@@ -220,7 +214,7 @@ impl Context<'_> {
 
     /// Sends several slices as if concatenated, in one `writev` when nothing is queued.
     pub fn write_vectored(&mut self, parts: &[&[u8]]) {
-        self.send(self.key, parts);
+        self.conns.send(self.key, parts, self.stats);
     }
 
     /// Sends bytes to another connection of this loop, with the same guarantees as
@@ -235,13 +229,12 @@ impl Context<'_> {
     /// [`write_vectored`](Self::write_vectored) to another connection (see
     /// [`write_to`](Self::write_to)).
     pub fn write_vectored_to(&mut self, to: ConnId, parts: &[&[u8]]) -> bool {
-        let key = to.key as usize;
-        match self.conns.get(key) {
-            Some(c) if c.seq == to.seq && c.phase == Phase::Open => {
-                self.send(key, parts);
+        match self.conns.open_slot(to) {
+            Some(key) => {
+                self.conns.send(key, parts, self.stats);
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -249,93 +242,12 @@ impl Context<'_> {
     /// output queued: within this turn if the socket took everything, else once a
     /// writable event has drained the queue.
     pub fn want_writable(&mut self) {
-        self.conns[self.key].wants_writable = true;
-    }
-
-    fn send(&mut self, key: usize, parts: &[&[u8]]) {
-        let conn = &mut self.conns[key];
-        if !matches!(conn.phase, Phase::Open | Phase::Closing) {
-            return;
-        }
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        if total == 0 {
-            return;
-        }
-        let before = conn.out.len();
-        // Skip empty parts so that a single real slice becomes a plain write().
-        let mut inline: [&[u8]; 4] = [&[]; 4];
-        let mut n = 0;
-        let parts: &[&[u8]] = if parts.len() <= inline.len() {
-            for p in parts.iter().filter(|p| !p.is_empty()) {
-                inline[n] = p;
-                n += 1;
-            }
-            &inline[..n]
-        } else {
-            parts
-        };
-        let ended = match conn.send(parts, self.stats) {
-            Ok(()) => {
-                let queued = conn.out.len();
-                if queued > self.max_outbuf {
-                    self.stats.slow_consumers += 1;
-                    debug!(
-                        "conn {}: {queued} bytes unsent, over the {} byte limit: slow consumer, closing",
-                        conn.seq, self.max_outbuf
-                    );
-                    conn.out.clear();
-                    conn.phase = Phase::Dead;
-                    true
-                } else {
-                    if total + before > queued {
-                        touch(self.conns, self.timers, key, self.now_ms);
-                    }
-                    false
-                }
-            }
-            Err(e) => {
-                self.stats.conn_errors += 1;
-                debug!("conn {}: write: {e}", conn.seq);
-                conn.phase = Phase::Dead;
-                true
-            }
-        };
-        if ended && key != self.key {
-            let seq = self.conns[key].seq;
-            self.ended.push(ConnId {
-                seq,
-                key: key as u32,
-            });
-        }
+        self.conns.want_writable(self.key);
     }
 
     /// Finishes the connection: no more input is delivered, what was written is still
     /// sent, then the server shuts down its sending side and closes.
     pub fn close(&mut self) {
-        let conn = &mut self.conns[self.key];
-        if conn.phase == Phase::Open {
-            conn.phase = Phase::Closing;
-        }
-    }
-}
-
-/// How stale an idle-timer stamp may get before traffic moves the connection to the
-/// tail of the idle list. Touching at most this often keeps list surgery off the
-/// per-message path; the idle deadline is lengthened by the same amount, so a
-/// connection is never closed before it has been idle for the full timeout.
-pub(crate) const TOUCH_GRANULARITY_MS: u64 = 100;
-
-/// Records traffic on a connection for its idle timer.
-pub(crate) fn touch(
-    conns: &mut Slab<Conn>,
-    timers: &mut [Deadlines; TIMER_KINDS],
-    key: usize,
-    now_ms: u64,
-) {
-    let links = &conns[key].links;
-    if links.on() == Some(Timer::Idle) && now_ms >= links.stamp + TOUCH_GRANULARITY_MS {
-        let idle = &mut timers[Timer::Idle as usize];
-        idle.unlink(key, conns);
-        idle.push(Timer::Idle, key, now_ms, conns);
+        self.conns.close(self.key);
     }
 }

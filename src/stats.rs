@@ -75,8 +75,13 @@ counters! {
     events,
     /// Connections closed because they were idle for `--idle-timeout`.
     idle_timeouts,
-    /// Connections closed because their unsent output passed `--max-outbuf`.
+    /// Connections closed as slow consumers: their unsent output passed `--max-outbuf`,
+    /// or they owed the most when the output of all connections passed
+    /// `--max-outbuf-total` (those are also counted in `outbuf_evictions`).
     slow_consumers,
+    /// Connections closed because the unsent output of all connections together passed
+    /// `--max-outbuf-total` and they owed the most.
+    outbuf_evictions,
     /// Connections ended by a reset, broken pipe or other socket error.
     conn_errors,
     /// `accept` calls that failed because the process or system ran out of descriptors.

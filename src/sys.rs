@@ -35,6 +35,46 @@ pub fn default_max_conns(nofile: u64) -> usize {
     usize::try_from(nofile.saturating_sub(DESCRIPTOR_HEADROOM).max(1)).unwrap_or(usize::MAX)
 }
 
+/// The memory this process may use: its cgroup's `memory.max` when it runs under a
+/// limit (a container), else the machine's physical memory. `None` when neither can
+/// be read.
+pub fn memory_limit() -> Option<u64> {
+    let physical = {
+        let pages = nix::unistd::sysconf(nix::unistd::SysconfVar::_PHYS_PAGES).ok()??;
+        let size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
+        u64::try_from(pages).ok()?.checked_mul(u64::try_from(size).ok()?)
+    };
+    // cgroup v2: "max" means no limit, a number is the limit in bytes.
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match (physical, cgroup) {
+        (Some(p), Some(c)) => Some(p.min(c)),
+        (p, c) => p.or(c),
+    }
+}
+
+/// The default `--max-outbuf-total`: a quarter of [`memory_limit`] (1 GiB when it
+/// cannot be read). Unsent output is only part of what a server needs; a quarter leaves
+/// the rest to the kernel's socket buffers, other processes and the server itself.
+pub fn default_max_outbuf_total() -> usize {
+    let bytes = memory_limit().map_or(1 << 30, |m| m / 4);
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+/// Asks the allocator to hand memory it holds free back to the system. glibc's
+/// `malloc` keeps freed memory in its arenas (and raises its `mmap` threshold after
+/// large frees, so later large buffers come from the arenas too); `malloc_trim`
+/// returns every whole free page with `madvise`. Elsewhere this does nothing.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` has no preconditions: it only walks glibc's own free lists
+    // under its own locks, whatever state the program is in.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 fn errno(e: &io::Error) -> Option<Errno> {
     e.raw_os_error().map(Errno::from_raw)
 }

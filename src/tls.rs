@@ -1,70 +1,32 @@
-//! TLS as a layer between the socket and the service, on rustls.
+//! TLS configuration: certificates, keys and trust, for `tls://` listeners and for the
+//! clients. The TLS stream itself — rustls driven by a non-blocking socket — is the TLS
+//! variant of the transport layer (`transport/tls_stream.rs`).
 //!
-//! rustls does no I/O of its own: it is a state machine fed with bytes read from the
-//! socket (`read_tls`), told to decrypt them (`process_new_packets`), and drained of
-//! the records it wants sent (`write_tls`). That makes it fit a readiness loop exactly:
-//! `TlsStream` does those steps inside `read` and `write`, so that to the loop and to
-//! every service a TLS connection is one more `Stream` that
-//! reads and writes plaintext, and returns `WouldBlock` when the socket does.
-//!
-//! # The steps, non-blocking
-//! - **Reading.** One `read` of the socket into the thread's ciphertext buffer (one per
-//!   thread, shared by every connection, like the loop's plaintext buffer), fed to
-//!   rustls a record's worth at a time; each feed is followed by
-//!   `process_new_packets`, whose plaintext is copied out to the caller. It stops when
-//!   the caller's buffer is full or the socket has no more (a short read or
-//!   `WouldBlock`, as for plain TCP); ciphertext not yet fed when the caller's buffer
-//!   filled stays with the connection for its next read. Whatever the handshake wants
-//!   to say in return is written at once.
-//! - **A bad record or a failed handshake.** `process_new_packets` fails and queues an
-//!   alert that says why; the alert is written (best effort) and the read fails, so
-//!   the loop closes that one connection.
-//! - **Writing.** Until the handshake is over a write is `WouldBlock`: the loop queues
-//!   the bytes and writes them once the handshake completes. After it, plaintext is
-//!   encrypted through `writer()` and the records written with `write_tls` until the
-//!   socket is full. rustls holds at most [`TLS_BUFFER_LIMIT`] bytes of records; past
-//!   that a write is short and the loop's own queue — with its backpressure and its
-//!   slow-consumer limit — takes the rest, so a slow reader cannot grow memory here.
-//! - **Closing.** `TlsStream::shutdown_write` sends `close_notify` before the TCP
-//!   FIN, on an orderly close and on a half-close alike; a peer's `close_notify` reads
-//!   as end of file.
-//!
-//! The provider is *ring*: it builds with a C compiler alone (aws-lc-rs needs cmake),
-//! and its AES-GCM and ChaCha20 are as fast on x86-64 and aarch64.
+//! Every configuration here is built with the *ring* provider: it builds with a C
+//! compiler alone (aws-lc-rs needs cmake), and its AES-GCM and ChaCha20 are as fast on
+//! x86-64 and aarch64. Files are read when a configuration is made, so a missing or
+//! unreadable certificate is reported before anything is bound.
 
 use std::fs;
-use std::io::{self, IoSlice, Read, Write};
-use std::net::Shutdown;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use log::debug;
 use mio::net::TcpStream;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::endpoint::Endpoint;
+use crate::transport::{TlsStream, Transport};
 
 pub use rustls;
 
 /// Most bytes of encrypted records rustls may hold for one connection before a write
-/// is cut short (its `set_buffer_limit`); the rest waits in the loop's own queue.
+/// is cut short (its `set_buffer_limit`); the rest waits in the connection's own queue.
 pub const TLS_BUFFER_LIMIT: usize = 64 * 1024;
-
-/// The ciphertext read buffer: room for a few maximum-size records (16 KiB + 325 B
-/// each), so one `read` call usually takes all the socket holds.
-const RX_SIZE: usize = 64 * 1024;
-
-thread_local! {
-    /// Where ciphertext lands when it is read from a socket, before rustls takes it:
-    /// one buffer per thread, shared by every TLS connection on it, as the loop's
-    /// plaintext buffer is (a loop reads one connection at a time). A connection keeps
-    /// ciphertext of its own only when the reader's buffer filled before all of it
-    /// was decrypted.
-    static CIPHERTEXT: std::cell::RefCell<Box<[u8]>> =
-        std::cell::RefCell::new(vec![0; RX_SIZE].into_boxed_slice());
-}
 
 /// The crypto provider every configuration here is built with.
 fn provider() -> Arc<CryptoProvider> {
@@ -229,353 +191,60 @@ impl TlsClient {
     }
 
     /// Starts the client side of a handshake over a connecting (or connected) socket.
-    pub(crate) fn wrap(&self, tcp: TcpStream) -> io::Result<TlsStream> {
+    pub(crate) fn wrap(&self, tcp: TcpStream) -> io::Result<Transport> {
         let conn = ClientConnection::new(self.config.clone(), self.server_name.clone())
             .map_err(|e| io::Error::other(format!("TLS client: {e}")))?;
-        Ok(TlsStream::new(tcp, conn.into()))
+        Ok(Transport::Tls(Box::new(TlsStream::new(tcp, conn.into()))))
+    }
+
+    /// The TLS client for `endpoint`, built from `options`: `None` for a plain
+    /// endpoint. The one way every client — `sockloop send`, `sockloop bench` and the
+    /// library's [`send`](crate::client::send) and [`bench`](crate::client::bench) —
+    /// turns its TLS settings into a client: without `ca` the system's roots are
+    /// trusted, without `server_name` the URL's host is expected in the certificate.
+    ///
+    /// A TLS option given for a plain endpoint is an error (kind `InvalidInput`): the
+    /// caller asked for something that cannot happen. So is a file that cannot be
+    /// read or used, naming the file.
+    pub fn for_endpoint(
+        endpoint: &Endpoint,
+        options: &ClientTlsOptions,
+    ) -> io::Result<Option<TlsClient>> {
+        let Endpoint::Tls(hp) = endpoint else {
+            if options.is_empty() {
+                return Ok(None);
+            }
+            return Err(invalid(format!(
+                "--ca, --server-name, --cert and --key apply to tls:// URLs only, not {endpoint}"
+            )));
+        };
+        let identity = options
+            .identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()));
+        let config = client_config(options.ca.as_deref(), identity)?;
+        let name = options.server_name.as_deref().unwrap_or(hp.host());
+        TlsClient::new(config, name).map(Some)
     }
 }
 
-/// A TCP socket with a rustls session on it, read and written as plaintext.
-pub(crate) struct TlsStream {
-    pub(crate) tcp: TcpStream,
-    tls: Connection,
-    /// Ciphertext read from the socket and not yet fed to rustls, left over when the
-    /// reader's buffer filled first. Usually empty and unallocated.
-    rx: Vec<u8>,
-    /// The peer's end of input was seen (`close_notify`, or a FIN): the next read
-    /// returns 0 without touching the socket.
-    eof: bool,
-    /// `close_notify` queued.
-    close_sent: bool,
-    /// The handshake completed and nobody has asked yet (see [`Self::take_established`]).
-    newly_established: bool,
+/// A client's TLS settings, as a user gives them (`--ca`, `--server-name`, `--cert`,
+/// `--key`); [`TlsClient::for_endpoint`] turns them into a client.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ClientTlsOptions {
+    /// Trust servers whose certificate this CA (PEM) signed; `None`: the system roots.
+    pub ca: Option<PathBuf>,
+    /// The name the server's certificate must carry; `None`: the URL's host.
+    pub server_name: Option<String>,
+    /// A client certificate chain and its key (PEM), for mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
-impl std::fmt::Debug for TlsStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsStream")
-            .field("tcp", &self.tcp)
-            .field("handshaking", &self.tls.is_handshaking())
-            .finish_non_exhaustive()
+impl ClientTlsOptions {
+    /// True when nothing is set: the defaults.
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.server_name.is_none() && self.identity.is_none()
     }
 }
 
-impl TlsStream {
-    /// A stream over `tcp` speaking through `tls`.
-    pub(crate) fn new(tcp: TcpStream, mut tls: Connection) -> TlsStream {
-        tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-        TlsStream {
-            tcp,
-            tls,
-            rx: Vec::new(),
-            eof: false,
-            close_sent: false,
-            newly_established: false,
-        }
-    }
-
-    /// The server side of a handshake over an accepted socket.
-    pub(crate) fn accept(tcp: TcpStream, config: &Arc<ServerConfig>) -> io::Result<TlsStream> {
-        // A failure concerns this connection only: the accept loop goes on.
-        let conn = rustls::ServerConnection::new(config.clone()).map_err(|e| {
-            io::Error::new(io::ErrorKind::ConnectionAborted, format!("TLS server: {e}"))
-        })?;
-        Ok(TlsStream::new(tcp, conn.into()))
-    }
-
-    /// True until the handshake has completed.
-    pub(crate) fn is_handshaking(&self) -> bool {
-        self.tls.is_handshaking()
-    }
-
-    /// True once, right after a read completed the handshake: the caller may now write
-    /// what it queued meanwhile (no writable edge will come to say so).
-    pub(crate) fn take_established(&mut self) -> bool {
-        std::mem::take(&mut self.newly_established)
-    }
-
-    /// The negotiated protocol version and cipher suite, for the log.
-    pub(crate) fn describe(&self) -> String {
-        let version = self
-            .tls
-            .protocol_version()
-            .map(|v| format!("{v:?}"))
-            .unwrap_or_else(|| "no version".into());
-        let suite = self
-            .tls
-            .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
-            .unwrap_or_else(|| "no cipher suite".into());
-        format!("{version}, {suite}")
-    }
-
-    /// True when a read would return at once without new input from the socket (the
-    /// end of input is known): the loop must not take a short read as "drained".
-    pub(crate) fn has_buffered_input(&self) -> bool {
-        self.eof || !self.rx.is_empty()
-    }
-
-    /// Writes queued records until none are left (`Ok(true)`) or the socket is full
-    /// (`Ok(false)`).
-    pub(crate) fn flush_records(&mut self) -> io::Result<bool> {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut self.tcp) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.explain(e)),
-            }
-        }
-        Ok(true)
-    }
-
-    /// A write failed (the peer reset or closed the connection): if the peer sent an
-    /// alert before it went, that alert is the reason to report, not "broken pipe".
-    /// In TLS 1.3 this is how a client learns that the server refused its certificate:
-    /// its own handshake finished before the server's verdict arrived.
-    fn explain(&mut self, e: io::Error) -> io::Error {
-        let mut buf = [0u8; 4096];
-        loop {
-            match self.tcp.read(&mut buf) {
-                Ok(0) | Err(_) => return e,
-                Ok(n) => {
-                    let mut input = &buf[..n];
-                    while !input.is_empty() {
-                        if !matches!(self.tls.read_tls(&mut input), Ok(k) if k > 0) {
-                            return e;
-                        }
-                        if let Err(alert) = self.tls.process_new_packets() {
-                            return io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("TLS error: {alert}"),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Sends `close_notify` (once), writes every queued record, then shuts down the
-    /// TCP write side. `WouldBlock` while records still wait for the socket: call again
-    /// when it is writable.
-    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
-        if !self.close_sent {
-            self.close_sent = true;
-            self.tls.send_close_notify();
-        }
-        if self.flush_records()? {
-            self.tcp.shutdown(Shutdown::Write)
-        } else {
-            Err(io::ErrorKind::WouldBlock.into())
-        }
-    }
-
-    /// Lets rustls decrypt what it was fed and answer it. On failure the alert rustls
-    /// queued is sent, best effort, so the peer learns why.
-    fn process(&mut self) -> io::Result<()> {
-        let handshaking = self.tls.is_handshaking();
-        match self.tls.process_new_packets() {
-            Ok(_) => {
-                if handshaking && !self.tls.is_handshaking() {
-                    self.newly_established = true;
-                }
-                if self.tls.wants_write() {
-                    self.flush_records()?;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.flush_records();
-                let what = if handshaking {
-                    "TLS handshake failed"
-                } else {
-                    "TLS error"
-                };
-                Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{what}: {e}"),
-                ))
-            }
-        }
-    }
-
-    /// Hands decrypted plaintext to `buf[*filled..]`.
-    fn drain_plaintext(&mut self, buf: &mut [u8], filled: &mut usize) -> io::Result<Plain> {
-        while *filled < buf.len() {
-            match self.tls.reader().read(&mut buf[*filled..]) {
-                // The peer's close_notify: end of input.
-                Ok(0) => {
-                    self.eof = true;
-                    return Ok(Plain::Eof);
-                }
-                Ok(n) => *filled += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Plain::More),
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    // A FIN without close_notify. For an echo server that is still end
-                    // of input (many clients close that way); a truncation attack has
-                    // nothing to gain against a server that only sends back.
-                    if !self.eof {
-                        debug!("TLS peer closed without close_notify");
-                    }
-                    self.eof = true;
-                    return Ok(Plain::Eof);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Plain::Full)
-    }
-
-    /// Feeds `input` to rustls, a record's worth at a time, handing the plaintext to
-    /// `buf`. Returns how much of `input` was taken, and whether the reader must stop
-    /// (its buffer is full, or the input ended).
-    fn feed(
-        &mut self,
-        input: &[u8],
-        buf: &mut [u8],
-        filled: &mut usize,
-    ) -> io::Result<(usize, bool)> {
-        let mut taken = 0;
-        loop {
-            if self.drain_plaintext(buf, filled)? != Plain::More {
-                return Ok((taken, true));
-            }
-            if taken == input.len() {
-                return Ok((taken, false));
-            }
-            let mut rest = &input[taken..];
-            let n = self.tls.read_tls(&mut rest)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "TLS error: undecodable record",
-                ));
-            }
-            taken += n;
-            self.process()?;
-        }
-    }
-
-    /// Reads the socket once into the thread's ciphertext buffer and feeds it to
-    /// rustls. `Ok(true)` when the reader must stop: its buffer is full, the input
-    /// ended, or the read was short (the socket is drained).
-    fn read_socket(&mut self, buf: &mut [u8], filled: &mut usize) -> io::Result<bool> {
-        CIPHERTEXT.with_borrow_mut(|scratch| {
-            let n = loop {
-                match self.tcp.read(scratch) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            };
-            if n == 0 {
-                // Tell rustls about the FIN: it then reports a close without
-                // close_notify as UnexpectedEof, not WouldBlock.
-                let _ = self.tls.read_tls(&mut io::empty());
-                self.process()?;
-                self.drain_plaintext(buf, filled)?;
-                self.eof = true;
-                return Ok(true);
-            }
-            let (taken, stop) = self.feed(&scratch[..n], buf, filled)?;
-            if taken < n {
-                self.rx = scratch[taken..n].to_vec();
-            }
-            Ok(stop || n < scratch.len())
-        })
-    }
-}
-
-/// What [`TlsStream::drain_plaintext`] left: the reader's buffer full, the input at its
-/// end, or rustls wanting more ciphertext.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Plain {
-    Full,
-    Eof,
-    More,
-}
-
-impl Read for TlsStream {
-    /// Plaintext, as much as fits in `buf` or the socket has. A short read means the
-    /// socket is drained, as for TCP, unless [`TlsStream::has_buffered_input`] says
-    /// otherwise.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let mut filled = 0;
-        // What is left from last time first: plaintext rustls holds, then ciphertext.
-        let rx = std::mem::take(&mut self.rx);
-        let (taken, stop) = self.feed(&rx, buf, &mut filled)?;
-        if stop {
-            if taken < rx.len() {
-                self.rx = rx[taken..].to_vec();
-            }
-            return Ok(filled);
-        }
-        loop {
-            match self.read_socket(buf, &mut filled) {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if filled == 0 && !self.eof {
-            // Nothing for the caller (handshake records only, or nothing at all):
-            // the socket is drained.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(filled)
-    }
-}
-
-impl Write for TlsStream {
-    /// Encrypts and sends as much of `buf` as the socket takes now. `WouldBlock` during
-    /// the handshake and when the socket is full with nothing taken.
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.tls.is_handshaking() || !self.flush_records()? {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let mut taken = 0;
-        while taken < buf.len() {
-            let n = self.tls.writer().write(&buf[taken..])?;
-            taken += n;
-            // Records that do not fit the socket stay with rustls (at most
-            // TLS_BUFFER_LIMIT): the write is reported short, and the next writable
-            // event sends them.
-            if !self.flush_records()? || n == 0 {
-                break;
-            }
-        }
-        Ok(taken)
-    }
-
-    /// Each slice in turn, stopping at the first the socket does not take whole: a
-    /// short result then means the socket is full, as with `writev`.
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let mut total = 0;
-        for b in bufs {
-            if b.is_empty() {
-                continue;
-            }
-            match self.write(b) {
-                Ok(n) => {
-                    total += n;
-                    if n < b.len() {
-                        break;
-                    }
-                }
-                Err(e) if total > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(total)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}

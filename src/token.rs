@@ -1,25 +1,26 @@
-//! What a `mio::Token` stands for.
+//! What a `mio::Token` stands for, for the server's loop and the clients' loops alike.
 //!
 //! A token is one machine word handed to the kernel with each registration and handed
 //! back with each event. Its top two bits say what kind of source it is; a connection's
-//! token also carries the connection's accept sequence number beside its slab key, so
-//! an event that was already queued for a connection that has since closed is
-//! recognised as stale even if a new connection took the same slab slot in the meantime.
+//! token also carries the connection's sequence number beside its slot, so an event
+//! that was already queued for a connection that has since closed is recognised as
+//! stale even if a new connection took the same slot in the meantime (see [the
+//! guide](crate#token-reuse)).
 
 use mio::Token;
 
 const KIND_SHIFT: u32 = usize::BITS - 2;
 const KIND_CONN: usize = 0;
-const KIND_LISTENER: usize = 1;
+const KIND_SOCKET: usize = 1;
 const KIND_CONTROL: usize = 2;
 
-/// Bits for the slab key: 32 on 64-bit targets (16 on 32-bit).
+/// Bits for the slot: 32 on 64-bit targets (16 on 32-bit).
 const KEY_BITS: u32 = usize::BITS / 2;
 const KEY_MASK: usize = (1 << KEY_BITS) - 1;
 /// Bits of the sequence number kept in the token.
 const SEQ_MASK: usize = (1 << (KIND_SHIFT - KEY_BITS)) - 1;
 
-/// The largest slab key a connection token can carry.
+/// The largest slot a connection token can carry.
 pub(crate) const MAX_KEY: usize = KEY_MASK;
 
 /// The waker a [`Handle`](crate::Handle) uses.
@@ -30,10 +31,10 @@ pub(crate) const SIGNALS: Token = Token((KIND_CONTROL << KIND_SHIFT) | 2);
 /// A decoded token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// A stream connection: slab key and (truncated) sequence number.
+    /// A stream connection: its slot and (truncated) sequence number.
     Conn { key: usize, seq: usize },
-    /// A listener, by index.
-    Listener(usize),
+    /// A bound socket (a listener or a datagram socket), by its index in `--listen` order.
+    Socket(usize),
     /// The waker.
     Waker,
     /// The signal pipe.
@@ -42,15 +43,15 @@ pub(crate) enum Target {
     Unknown,
 }
 
-/// The token of a connection.
+/// The token of a connection in slot `key` with sequence number `seq`.
 pub(crate) fn conn(key: usize, seq: u32) -> Token {
     debug_assert!(key <= MAX_KEY);
     Token((KIND_CONN << KIND_SHIFT) | ((seq as usize & SEQ_MASK) << KEY_BITS) | key)
 }
 
-/// The token of a listener.
-pub(crate) fn listener(index: usize) -> Token {
-    Token((KIND_LISTENER << KIND_SHIFT) | index)
+/// The token of bound socket `index`.
+pub(crate) fn socket(index: usize) -> Token {
+    Token((KIND_SOCKET << KIND_SHIFT) | index)
 }
 
 /// The sequence number as it is kept in a token, for comparison with a decoded one.
@@ -67,7 +68,7 @@ pub(crate) fn decode(t: Token) -> Target {
             key: low & KEY_MASK,
             seq: low >> KEY_BITS,
         },
-        KIND_LISTENER => Target::Listener(low),
+        KIND_SOCKET => Target::Socket(low),
         _ if t == WAKER => Target::Waker,
         _ if t == SIGNALS => Target::Signals,
         _ => Target::Unknown,
@@ -95,7 +96,7 @@ mod tests {
                 seq: seq_bits(u32::MAX)
             }
         );
-        assert_eq!(decode(listener(3)), Target::Listener(3));
+        assert_eq!(decode(socket(3)), Target::Socket(3));
         assert_eq!(decode(WAKER), Target::Waker);
         assert_eq!(decode(SIGNALS), Target::Signals);
     }

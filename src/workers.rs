@@ -76,7 +76,7 @@ impl<S: Service> Workers<S> {
 impl<S> Workers<S>
 where
     S: Service + Send + 'static,
-    S::Conn: Send,
+    S::State: Send,
 {
     /// Runs each loop on its own thread (`sockloop-worker-N`) until a shutdown has
     /// finished on all of them, and returns their counters summed. If one loop fails

@@ -2,38 +2,69 @@
 //! process runs out of descriptors.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::time::Instant;
+use std::io;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use mio::Interest;
 
-use super::{BACKOFF_MAX, BACKOFF_MIN, EXHAUSTION_LOG_INTERVAL, EventLoop, Socket};
-use crate::conn::Conn;
+use super::{EventLoop, SocketKind};
 use crate::service::{Context, Service};
+use crate::socket::Listener;
 use crate::sys;
-use crate::timer::Timer;
-use crate::token;
-use crate::transport::{PeerAddr, Stream};
+use crate::transport::{PeerAddr, Transport};
+
+/// First and longest pause of a listener that hit descriptor exhaustion.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How often descriptor exhaustion is logged while it lasts.
+const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A stream listener and its accept back-off.
+pub(super) struct ListenerState {
+    pub(super) listener: Listener,
+    /// Not accepting until then: descriptors ran out.
+    pub(super) paused_until: Option<Instant>,
+    backoff: Duration,
+}
+
+impl ListenerState {
+    pub(super) fn new(listener: Listener) -> Self {
+        ListenerState {
+            listener,
+            paused_until: None,
+            backoff: BACKOFF_MIN,
+        }
+    }
+}
 
 impl<S: Service> EventLoop<S> {
+    /// Accepts until the listener's queue is empty or the budget is used. A listener
+    /// stopped by its budget is readable still: it is served again next turn, without
+    /// waiting for an edge that will not come.
     pub(super) fn accept(&mut self, i: usize) {
-        let slot = &mut self.listeners[i];
-        if slot.paused_until.is_some() {
+        if !self.sockets[i].readiness.readable() {
             return;
         }
         for _ in 0..self.config.accept_budget {
-            let Some(Socket::Stream(socket)) = self.listeners[i].socket.as_ref() else {
+            let Some(SocketKind::Listener(l)) = &mut self.sockets[i].kind else {
                 return;
             };
-            match socket.accept() {
-                Ok((stream, peer)) => {
-                    self.listeners[i].backoff = BACKOFF_MIN;
-                    self.admit(i, stream, peer);
+            if l.paused_until.is_some() {
+                return;
+            }
+            match l.listener.accept() {
+                Ok((transport, peer)) => {
+                    l.backoff = BACKOFF_MIN;
+                    self.admit(i, transport, peer);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.sockets[i].readiness.clear_readable();
+                    return;
+                }
                 Err(e) if sys::is_per_connection_accept_error(&e) => {
-                    debug!("accept on {}: {e}", self.listeners[i].local);
+                    debug!("accept on {}: {e}", self.sockets[i].local);
                 }
                 Err(e) if sys::is_fd_exhaustion(&e) => {
                     self.descriptors_exhausted(i, e);
@@ -42,84 +73,71 @@ impl<S: Service> EventLoop<S> {
                 Err(e) => {
                     warn!(
                         "accept on {}: {e}; pausing this listener",
-                        self.listeners[i].local
+                        self.sockets[i].local
                     );
                     self.pause_listener(i);
                     return;
                 }
             }
         }
-        // Budget used: more connections may be waiting, and no new edge will say so.
-        let slot = &mut self.listeners[i];
-        if !slot.pending {
-            slot.pending = true;
-            self.pending.push(token::listener(i));
-        }
+        self.carry_over_socket(i);
     }
 
-    fn admit(&mut self, i: usize, mut stream: Stream, peer: PeerAddr) {
-        if self.conns.len() >= self.max_conns || self.draining_until.is_some() {
-            self.reject(i, stream, &peer);
+    fn admit(&mut self, i: usize, transport: Transport, peer: PeerAddr) {
+        if self.conns.is_full() || self.draining_until.is_some() {
+            self.reject(i, transport, &peer);
             return;
         }
-        self.next_seq = self.next_seq.wrapping_add(1);
-        let seq = self.next_seq;
-        let key = self.conns.vacant_key();
+        let key = self.conns.insert(transport, i);
+        let token = self.conns.token(key);
         if let Err(e) = self.poll.registry().register(
-            stream.source(),
-            token::conn(key, seq),
+            self.conns.source(key),
+            token,
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("register connection from {peer}: {e}");
+            drop(self.conns.remove(key));
             return;
-        }
-        let handshaking = stream.is_handshaking();
-        self.conns.insert(Conn::new(stream, seq, i as u32));
-        // A TLS connection is on the handshake deadline until it completes, then on
-        // the idle timer like any other.
-        let timer = if handshaking {
-            Some(Timer::Handshake)
-        } else {
-            self.config.idle_timeout.map(|_| Timer::Idle)
-        };
-        if let Some(t) = timer {
-            let now = self.now_ms;
-            self.timers[t as usize].push(t, key, now, &mut self.conns);
         }
         self.stats.accepted += 1;
         debug!(
-            "conn {seq}: accepted from {peer} on {}",
-            self.listeners[i].local
+            "conn {}: accepted from {peer} on {}",
+            self.conns.id(key),
+            self.sockets[i].local
         );
-        let mut ctx = context!(self, key);
-        let state = self.service.open(&mut ctx);
+        let state = self
+            .service
+            .open(&mut Context::new(&mut self.conns, &mut self.stats, key));
         if self.states.len() <= key {
             self.states.resize_with(key + 1, || None);
         }
         self.states[key] = Some(state);
-        self.reap_ended();
-        // Data may have arrived with the connection; registering reports it as an
-        // event, so there is nothing to read here.
-        self.settle(key);
+        if self.reap(key) {
+            return;
+        }
+        // Data that arrived with the connection is reported by the registration, as an
+        // event; what the service wrote or asked for in `open` is done now.
+        self.serve(key);
     }
 
     /// Accepted past `--max-conns` (or while shutting down): tell the peer, close.
-    fn reject(&mut self, i: usize, mut stream: Stream, peer: &PeerAddr) {
+    fn reject(&mut self, i: usize, mut transport: Transport, peer: &PeerAddr) {
         self.stats.rejected += 1;
         debug!(
             "rejected connection from {peer} on {}: server full",
-            self.listeners[i].local
+            self.sockets[i].local
         );
         // Over TLS the message could only be sent after a handshake, which a full
-        // server does not spend on a connection it is about to close.
+        // server does not spend on a connection it is about to close: the write says
+        // so (Handshaking) and sends nothing.
         let msg = self.service.reject_message(i);
-        if !msg.is_empty() && self.draining_until.is_none() && !stream.is_tls() {
-            let _ = stream.write(msg);
+        if !msg.is_empty() && self.draining_until.is_none() {
+            let _ = transport.write(&[msg]);
         }
-        let _ = stream.shutdown_write();
+        let _ = transport.shutdown_write();
         // Take whatever already arrived, so the close sends a FIN and not a reset that
         // could destroy the message before the peer reads it.
-        let _ = stream.read(&mut self.scratch);
+        let _ = transport.read(&mut self.scratch);
     }
 
     fn descriptors_exhausted(&mut self, i: usize, e: io::Error) {
@@ -132,7 +150,7 @@ impl<S: Service> EventLoop<S> {
             self.last_exhaustion_log = Some(now);
             warn!(
                 "accept on {}: {e} ({} connections open); shedding pending connections and backing off",
-                self.listeners[i].local,
+                self.sockets[i].local,
                 self.conns.len()
             );
         }
@@ -140,12 +158,12 @@ impl<S: Service> EventLoop<S> {
         // waiting, so those clients learn at once instead of hanging in the backlog.
         if let Some(reserve) = self.reserve.take() {
             drop(reserve);
-            if let Some(Socket::Stream(socket)) = self.listeners[i].socket.as_ref() {
+            if let Some(SocketKind::Listener(l)) = &self.sockets[i].kind {
                 for _ in 0..self.config.accept_budget {
-                    match socket.accept() {
-                        Ok((s, _)) => {
+                    match l.listener.accept() {
+                        Ok((t, _)) => {
                             self.stats.rejected += 1;
-                            drop(s);
+                            drop(t);
                         }
                         Err(_) => break,
                     }
@@ -158,8 +176,21 @@ impl<S: Service> EventLoop<S> {
 
     /// Stops accepting on a listener until a connection closes or the back-off passes.
     fn pause_listener(&mut self, i: usize) {
-        let slot = &mut self.listeners[i];
-        slot.paused_until = Some(Instant::now() + slot.backoff);
-        slot.backoff = (slot.backoff * 2).min(BACKOFF_MAX);
+        if let Some(SocketKind::Listener(l)) = &mut self.sockets[i].kind {
+            l.paused_until = Some(Instant::now() + l.backoff);
+            l.backoff = (l.backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// A descriptor came free: listeners paused for lack of them accept again, next
+    /// turn (their readable flag was never cleared).
+    pub(super) fn resume_listeners(&mut self) {
+        for i in 0..self.sockets.len() {
+            if let Some(SocketKind::Listener(l)) = &mut self.sockets[i].kind {
+                if l.paused_until.take().is_some() {
+                    self.carry_over_socket(i);
+                }
+            }
+        }
     }
 }

@@ -1,67 +1,32 @@
-//! The event loop: one `mio::Poll`, a slab of connections, and the rules that make a
-//! readiness loop correct.
+//! The loop: one `mio::Poll`, the bound sockets, the connection table, and the service
+//! that answers them — readiness in, dispatch out. It knows no protocol.
 //!
-//! One turn ([`EventLoop::turn`]) is:
+//! How and why a readiness loop works the way this one does — edge-triggered events,
+//! budgets, `sendall` without blocking, backpressure, half-close, token reuse — is
+//! explained once, in [the guide](crate#how-a-readiness-loop-works). This file is
+//! [`EventLoop::turn`]:
 //!
 //! 1. `poll` for readiness, sleeping at most until the next deadline — or not at all
-//!    when a connection still has work from last turn;
-//! 2. for each event: accept on a listener, or read / write on a connection;
-//! 3. serve the connections (and listeners) that used up their budget last turn;
-//! 4. expire deadlines (idle timeout, linger, accept back-off) and move shutdown along.
-//!
-//! # Rules it keeps
-//! - **Edge-triggered.** mio reports a socket once when it becomes readable, not again
-//!   while it stays readable. So after a readable event the loop reads until the kernel
-//!   says `WouldBlock` — or until a read comes back shorter than the buffer, which on a
-//!   stream socket means the kernel queue was just emptied (a later arrival raises a
-//!   new edge), unless the same event said the peer also closed (data and FIN arrived
-//!   together), in which case it reads on to the EOF.
-//! - **Budgets.** A connection gets [`Config::read_budget`] reads per turn and a listener
-//!   [`Config::accept_budget`] accepts, so one busy peer cannot starve the rest. One that
-//!   stops on its budget goes on a pending list and is served next turn without waiting
-//!   for an edge that will never come, and `poll` does not sleep while that list is
-//!   non-empty.
-//! - **Registered once.** Each socket is registered for READABLE | WRITABLE when it is
-//!   accepted and never re-registered: no `epoll_ctl` per message.
-//! - **Backpressure.** Output that the socket does not take is queued (see
-//!   [`Context::write`]). Above the high-water mark the loop stops reading that
-//!   connection; once a writable event drains it below the low-water mark it reads
-//!   again *at once*, because the readable edge may have come and gone while paused.
-//! - **No buffers while idle.** All reads land in one loop-wide scratch buffer; a
-//!   connection keeps only what it could not hand on.
-//! - **Stale events.** Tokens carry the connection's sequence number, so an event queued
-//!   for a connection that closed earlier in the same batch never acts on the
-//!   connection that reuses its slab slot.
-//! - **Descriptor exhaustion.** When `accept` fails with EMFILE/ENFILE the pending
-//!   connections are shed (accepted and closed using a reserve descriptor), the
-//!   listener backs off, and it resumes as soon as a connection closes.
-
-/// A [`Context`] for connection `key`. It borrows the loop's fields one by one (not
-/// `self` whole) so that the service, another field, can be called with it.
-macro_rules! context {
-    ($lp:ident, $key:expr) => {
-        Context {
-            conns: &mut $lp.conns,
-            timers: &mut $lp.timers,
-            key: $key,
-            stats: &mut $lp.stats,
-            now_ms: $lp.now_ms,
-            max_outbuf: $lp.config.max_outbuf,
-            ended: &mut $lp.ended,
-        }
-    };
-}
+//!    when something is left over from last turn;
+//! 2. for each event: record it in the socket's [`Readiness`] and serve the socket —
+//!    accept on a listener (`accept.rs`), receive on a datagram socket (`receive.rs`),
+//!    or do what a connection wants next (`serve.rs`);
+//! 3. serve what was left over from last turn: sockets whose budget ran out while
+//!    their readiness still allowed more (their flags are still set, so they need no
+//!    new event);
+//! 4. act on deadlines (idle, linger and handshake timeouts, accept back-off), hand
+//!    freed memory back, and move a shutdown along (`shutdown.rs`).
 
 mod accept;
-mod datagram;
+mod handle;
+mod receive;
+mod serve;
 mod shutdown;
-mod stream;
 
 use std::fs::File;
 use std::io;
 use std::mem;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, trace};
@@ -69,16 +34,21 @@ use mio::event::Event;
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
-use slab::Slab;
+
+pub use handle::Handle;
+
+use accept::ListenerState;
+use handle::Shared;
+use receive::DatagramState;
 
 use crate::builder::Config;
-use crate::conn::Conn;
-use crate::datagram::Datagram;
+use crate::conn::{Conns, Limits};
 use crate::endpoint::Endpoint;
-use crate::listener::{Bound, Listener};
-use crate::service::{ConnId, Context, Service, TOUCH_GRANULARITY_MS};
+use crate::readiness::Readiness;
+use crate::service::Service;
+use crate::socket::{Bound, StdSocket};
 use crate::stats::Stats;
-use crate::timer::{Deadlines, TIMER_KINDS, Timer};
+use crate::sys;
 use crate::token::{self, Target};
 
 /// Size of the loop-wide read buffer. Large enough that one read usually empties the
@@ -88,136 +58,66 @@ const SCRATCH_SIZE: usize = 64 * 1024;
 /// How many readiness events one `poll` call can return.
 const EVENTS_CAPACITY: usize = 1024;
 
-/// First and longest pause of a listener that hit descriptor exhaustion.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Freed output memory worth handing back to the system, and how often at most.
+const RELEASE_AT: usize = 1024 * 1024;
+const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often descriptor exhaustion is logged while it lasts.
-const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A `Send + Clone` handle that stops an [`EventLoop`] — or every loop of a
-/// [`Workers`](crate::Workers) — from any thread.
-#[derive(Clone, Debug)]
-pub struct Handle {
-    loops: Vec<Arc<Shared>>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    waker: Waker,
-    shutdown: AtomicBool,
-}
-
-impl Handle {
-    /// Starts a graceful shutdown, as SIGTERM does for the binary: listeners close,
-    /// nothing new is read, what was already read is written out, connections are
-    /// shut down and [`EventLoop::run`] returns once all are closed (or the shutdown
-    /// timeout passes). Wakes the loop if it is sleeping in `poll`.
-    pub fn shutdown(&self) -> io::Result<()> {
-        let mut result = Ok(());
-        for shared in &self.loops {
-            shared.shutdown.store(true, Ordering::Release);
-            // Wake every loop even if one wake fails; report the first failure.
-            if let Err(e) = shared.waker.wake() {
-                result = result.and(Err(e));
-            }
-        }
-        result
-    }
-
-    /// One handle for several loops.
-    pub(crate) fn join(handles: impl IntoIterator<Item = Handle>) -> Handle {
-        Handle {
-            loops: handles.into_iter().flat_map(|h| h.loops).collect(),
-        }
-    }
-}
-
-/// A bound socket the loop serves: a stream listener or a datagram socket.
-enum Socket {
-    Stream(Listener),
-    Datagram(Box<Datagram>),
-}
-
-impl Socket {
-    fn source(&mut self) -> &mut dyn mio::event::Source {
-        match self {
-            Socket::Stream(l) => l.source(),
-            Socket::Datagram(d) => d.sock.source(),
-        }
-    }
-}
-
-struct ListenerSlot {
-    /// `None` once shutdown has closed it.
-    socket: Option<Socket>,
+/// One bound socket the loop serves, in `--listen` order.
+struct SocketSlot {
+    /// `None` once a shutdown has closed it.
+    kind: Option<SocketKind>,
     /// The bound address (port 0 resolved).
     local: Endpoint,
-    /// Not accepting until then: descriptors ran out.
-    paused_until: Option<Instant>,
-    backoff: Duration,
-    /// Queued to accept again next turn (budget used up, or resumed).
-    pending: bool,
+    readiness: Readiness,
+    /// On the list of sockets to serve next turn.
+    ready_listed: bool,
 }
 
-/// Why a connection ended, for the debug log.
-enum Reason {
-    PeerClosed,
-    Error(io::Error),
-    IdleTimeout,
-    HandshakeTimeout,
-    LingerDone,
-    ShutdownTimeout,
-    Dead,
+enum SocketKind {
+    Listener(ListenerState),
+    Datagram(Box<DatagramState>),
 }
 
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl SocketKind {
+    /// The socket as something `poll` can register.
+    fn source(&mut self) -> &mut dyn mio::event::Source {
         match self {
-            Reason::PeerClosed => f.write_str("peer closed"),
-            Reason::Error(e) => write!(f, "error: {e}"),
-            Reason::IdleTimeout => f.write_str("idle timeout"),
-            Reason::HandshakeTimeout => f.write_str("TLS handshake timeout"),
-            Reason::LingerDone => f.write_str("linger time over"),
-            Reason::ShutdownTimeout => f.write_str("shutdown"),
-            Reason::Dead => f.write_str("socket error or slow consumer"),
+            SocketKind::Listener(l) => l.listener.source(),
+            SocketKind::Datagram(d) => d.socket.source(),
         }
     }
 }
 
-/// The loop: listeners, connections and the service that answers them, on one thread.
+/// The loop: bound sockets, connections and the service that answers them, on one
+/// thread.
 ///
 /// Made by a [`Builder`](crate::Builder); driven by [`run`](Self::run) or, one step at a
 /// time, by [`turn`](Self::turn).
 pub struct EventLoop<S: Service> {
     poll: Poll,
     events: Events,
-    listeners: Vec<ListenerSlot>,
-    conns: Slab<Conn>,
-    /// The service's per-connection state, at the same index as the connection's key.
-    states: Vec<Option<S::Conn>>,
+    sockets: Vec<SocketSlot>,
+    conns: Conns,
+    /// The service's per-connection state, at the same index as the connection's slot.
+    states: Vec<Option<S::State>>,
     service: S,
+    /// Where every read lands; the service sees a slice of it.
     scratch: Box<[u8]>,
     /// Datagram replies of the current receive, copied here by the service.
     arena: Vec<u8>,
     /// The replies of one batch: where each is in `arena`, and where it goes.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     outgoing: Vec<(usize, usize, nix::sys::socket::SockaddrStorage)>,
-    /// Tokens to serve next turn without waiting for an event.
-    pending: Vec<Token>,
-    /// Connections a callback ended while writing to them (see [`Context::write_to`]).
-    ended: Vec<ConnId>,
-    spare: Vec<Token>,
-    timers: [Deadlines; TIMER_KINDS],
+    /// Connections and sockets to serve next turn without an event: their budget ran
+    /// out while their readiness still allowed more.
+    ready: Vec<Token>,
+    spare_ready: Vec<Token>,
     config: Config,
-    max_conns: usize,
     stats: Stats,
-    next_seq: u32,
     epoch: Instant,
-    /// When this turn's `poll` returned, and the same in milliseconds since `epoch`
-    /// (the clock of the deadline lists). One clock read per turn.
+    /// When this turn's `poll` returned. One clock read per turn; the connection table
+    /// keeps the same instant in milliseconds since `epoch`.
     now: Instant,
-    now_ms: u64,
     shared: Arc<Shared>,
     signals: Option<Signals>,
     /// Set when shutdown starts: the drain deadline.
@@ -227,38 +127,43 @@ pub struct EventLoop<S: Service> {
     /// descriptors run out.
     reserve: Option<File>,
     last_exhaustion_log: Option<Instant>,
+    /// Output memory freed since it was last handed back, and when that was.
+    freed: usize,
+    last_release: Instant,
     /// Set when this loop is one of several [`Workers`](crate::Workers).
     worker: Option<usize>,
 }
 
 impl<S: Service> EventLoop<S> {
     pub(crate) fn new(
-        listeners: Vec<(Bound, Endpoint)>,
+        sockets: Vec<(Bound, Endpoint)>,
         service: S,
         config: Config,
-        max_conns: usize,
+        limits: Limits,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let mut slots = Vec::with_capacity(listeners.len());
-        for (i, (bound, local)) in listeners.into_iter().enumerate() {
-            // A datagram socket is written to as well (its replies), so it is
-            // registered for writable too: once, like every socket here.
-            let (mut socket, interest) = match bound {
-                Bound::Stream(l) => (Socket::Stream(l), Interest::READABLE),
-                Bound::Datagram(d) => (
-                    Socket::Datagram(Box::new(Datagram::new(d, config.datagram_batch))),
-                    Interest::READABLE | Interest::WRITABLE,
-                ),
+        let mut slots = Vec::with_capacity(sockets.len());
+        for (i, (bound, local)) in sockets.into_iter().enumerate() {
+            let mut kind = match bound {
+                Bound::Listener(l) => SocketKind::Listener(ListenerState::new(l)),
+                Bound::Datagram(d) => {
+                    SocketKind::Datagram(Box::new(DatagramState::new(d, config.datagram_batch)))
+                }
+            };
+            // A listener is only ever read from (accepted); a datagram socket is
+            // written to as well (its replies), so it registers for writable too.
+            let interest = match kind {
+                SocketKind::Listener(_) => Interest::READABLE,
+                SocketKind::Datagram(_) => Interest::READABLE | Interest::WRITABLE,
             };
             poll.registry()
-                .register(socket.source(), token::listener(i), interest)
+                .register(kind.source(), token::socket(i), interest)
                 .map_err(|e| io::Error::new(e.kind(), format!("register {local}: {e}")))?;
-            slots.push(ListenerSlot {
-                socket: Some(socket),
+            slots.push(SocketSlot {
+                kind: Some(kind),
                 local,
-                paused_until: None,
-                backoff: BACKOFF_MIN,
-                pending: false,
+                readiness: Readiness::NONE,
+                ready_listed: false,
             });
         }
         let waker = Waker::new(poll.registry(), token::WAKER)?;
@@ -270,73 +175,54 @@ impl<S: Service> EventLoop<S> {
         } else {
             None
         };
-        let max_conns = max_conns.min(token::MAX_KEY);
-        // Reserve the slab's address space up front: pages are only touched as
-        // connections arrive, and the table never has to be copied while it grows.
-        let prealloc = max_conns.min(1 << 20);
-        let idle_ms = config
-            .idle_timeout
-            .map(|d| d.as_millis() as u64 + TOUCH_GRANULARITY_MS)
-            .unwrap_or(0);
+        let prealloc = limits.max_conns.min(1 << 20);
         let now = Instant::now();
         Ok(EventLoop {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
-            listeners: slots,
-            conns: Slab::with_capacity(prealloc),
+            sockets: slots,
+            conns: Conns::new(limits),
             states: Vec::with_capacity(prealloc),
             service,
             scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
             arena: Vec::new(),
             #[cfg(any(target_os = "linux", target_os = "android"))]
             outgoing: Vec::new(),
-            pending: Vec::new(),
-            ended: Vec::new(),
-            spare: Vec::new(),
-            timers: [
-                Deadlines::new(idle_ms),
-                Deadlines::new(config.linger.as_millis() as u64),
-                Deadlines::new(config.handshake_timeout.as_millis() as u64),
-            ],
-            max_conns,
+            ready: Vec::new(),
+            spare_ready: Vec::new(),
             config,
             stats: Stats::default(),
-            next_seq: 0,
             epoch: now,
             now,
-            now_ms: 0,
-            shared: Arc::new(Shared {
-                waker,
-                shutdown: AtomicBool::new(false),
-            }),
+            shared: Shared::new(waker),
             signals,
             draining_until: None,
             finished: false,
             reserve: File::open("/dev/null").ok(),
             last_exhaustion_log: None,
+            freed: 0,
+            last_release: now,
             worker: None,
         })
     }
 
-    /// The bound address of each listener, in the order they were given (port 0
-    /// replaced by the real port).
+    /// The bound address of each listener and datagram socket, in the order they were
+    /// given (port 0 replaced by the real port).
     pub fn local_addrs(&self) -> Vec<Endpoint> {
-        self.listeners.iter().map(|l| l.local.clone()).collect()
+        self.sockets.iter().map(|s| s.local.clone()).collect()
     }
 
     /// A handle that stops this loop from another thread.
     pub fn handle(&self) -> Handle {
-        Handle {
-            loops: vec![self.shared.clone()],
-        }
+        Handle::new(self.shared.clone())
     }
 
-    /// Another descriptor for listener `i`'s socket, for another loop to serve.
-    pub(crate) fn share_listener(&self, i: usize) -> io::Result<crate::listener::StdSocket> {
-        match &self.listeners[i].socket {
-            Some(Socket::Stream(l)) => l.share(),
-            Some(Socket::Datagram(d)) => d.sock.share(),
-            None => Err(io::Error::other("listener already closed")),
+    /// Another descriptor for bound socket `i`, for another loop to serve.
+    pub(crate) fn share_socket(&self, i: usize) -> io::Result<StdSocket> {
+        match &self.sockets[i].kind {
+            Some(SocketKind::Listener(l)) => l.listener.share(),
+            Some(SocketKind::Datagram(d)) => d.socket.share(),
+            None => Err(io::Error::other("socket already closed")),
         }
     }
 
@@ -359,7 +245,7 @@ impl<S: Service> EventLoop<S> {
 
     /// The connection limit in force.
     pub fn max_conns(&self) -> usize {
-        self.max_conns
+        self.conns.max_conns()
     }
 
     /// True once a shutdown has finished: every connection is closed and
@@ -392,11 +278,12 @@ impl<S: Service> EventLoop<S> {
         }
         self.stats.polls += 1;
         self.now = Instant::now();
-        self.now_ms = self.now.duration_since(self.epoch).as_millis() as u64;
+        self.conns
+            .set_clock(self.now.duration_since(self.epoch).as_millis() as u64);
 
         // What was left over from last turn is served after this turn's events; what
-        // is deferred during this turn goes on the fresh list for the next one.
-        let mut pending = mem::replace(&mut self.pending, mem::take(&mut self.spare));
+        // is left over during this turn goes on the fresh list for the next one.
+        let mut carried = mem::replace(&mut self.ready, mem::take(&mut self.spare_ready));
 
         let events = mem::replace(&mut self.events, Events::with_capacity(0));
         for ev in events.iter() {
@@ -405,37 +292,41 @@ impl<S: Service> EventLoop<S> {
         }
         self.events = events;
 
-        for t in pending.drain(..) {
-            self.serve_pending(t);
+        for t in carried.drain(..) {
+            self.serve_carried(t);
         }
-        self.spare = pending;
+        self.spare_ready = carried;
 
         self.expire();
+        self.release_memory();
         self.check_drained();
         Ok(())
     }
 
-    /// How long `poll` may sleep: not at all when work is pending, else until the
+    /// How long `poll` may sleep: not at all when work was left over, else until the
     /// nearest deadline or the caller's timeout.
     fn poll_timeout(&self, timeout: Option<Duration>) -> Option<Duration> {
-        if !self.pending.is_empty() {
+        if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        for d in &self.timers {
-            if let Some(ms) = d.next_deadline(&self.conns) {
-                consider(self.epoch + Duration::from_millis(ms));
-            }
+        if let Some(ms) = self.conns.next_deadline() {
+            consider(self.epoch + Duration::from_millis(ms));
         }
-        for l in &self.listeners {
-            if let Some(t) = l.paused_until {
-                consider(t);
+        for s in &self.sockets {
+            if let Some(SocketKind::Listener(l)) = &s.kind {
+                if let Some(t) = l.paused_until {
+                    consider(t);
+                }
             }
         }
         if let Some(t) = self.draining_until {
             consider(t);
+        }
+        if self.freed >= RELEASE_AT {
+            consider(self.last_release + RELEASE_INTERVAL);
         }
         let until_deadline = next.map(|t| t.saturating_duration_since(now));
         match (timeout, until_deadline) {
@@ -447,28 +338,24 @@ impl<S: Service> EventLoop<S> {
     fn dispatch(&mut self, ev: &Event) {
         match token::decode(ev.token()) {
             Target::Conn { key, seq } => self.conn_event(key, seq, ev),
-            Target::Listener(i) => match self.listeners[i].socket {
-                Some(Socket::Stream(_)) => {
-                    trace!("event: listener {i} readable");
-                    self.accept(i)
+            Target::Socket(i) => {
+                trace!(
+                    "event: socket {i}{}{}{}",
+                    if ev.is_readable() { " readable" } else { "" },
+                    if ev.is_writable() { " writable" } else { "" },
+                    if ev.is_error() { " error" } else { "" },
+                );
+                let slot = &mut self.sockets[i];
+                slot.readiness.add(ev);
+                // A datagram socket's error (an ICMP message about an earlier send) is
+                // collected by a receive.
+                if ev.is_error() {
+                    slot.readiness.set_readable();
                 }
-                Some(Socket::Datagram(_)) => {
-                    trace!(
-                        "event: datagram socket {i}{}{}",
-                        if ev.is_readable() { " readable" } else { "" },
-                        if ev.is_writable() { " writable" } else { "" }
-                    );
-                    if ev.is_writable() {
-                        self.flush_replies(i);
-                    }
-                    if ev.is_readable() || ev.is_error() {
-                        self.receive(i);
-                    }
-                }
-                None => {}
-            },
+                self.serve_socket(i);
+            }
             Target::Waker => {
-                if self.shared.shutdown.load(Ordering::Acquire) {
+                if self.shared.shutdown_requested() {
                     self.begin_shutdown("shutdown requested");
                 }
             }
@@ -477,101 +364,72 @@ impl<S: Service> EventLoop<S> {
         }
     }
 
-    /// Puts a connection on the list to serve next turn without waiting for an event.
-    fn defer_conn(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        if !conn.pending {
-            conn.pending = true;
-            self.pending.push(token::conn(key, conn.seq));
+    /// Serves bound socket `i` as far as its readiness and budget allow.
+    fn serve_socket(&mut self, i: usize) {
+        match self.sockets[i].kind {
+            Some(SocketKind::Listener(_)) => self.accept(i),
+            Some(SocketKind::Datagram(_)) => self.serve_datagrams(i),
+            None => {}
         }
     }
 
-    /// Serves a connection or listener deferred last turn.
-    fn serve_pending(&mut self, t: Token) {
+    /// Puts bound socket `i` on the list for next turn.
+    fn carry_over_socket(&mut self, i: usize) {
+        let slot = &mut self.sockets[i];
+        if !slot.ready_listed {
+            slot.ready_listed = true;
+            self.ready.push(token::socket(i));
+        }
+    }
+
+    /// Serves a connection or socket left over from last turn.
+    fn serve_carried(&mut self, t: Token) {
         match token::decode(t) {
             Target::Conn { key, seq } => {
-                let Some(conn) = self.conns.get_mut(key) else {
-                    return;
-                };
-                if token::seq_bits(conn.seq) != seq {
-                    return;
+                if self.conns.is_current(key, seq) {
+                    self.conns.unmark_ready_listed(key);
+                    self.serve(key);
                 }
-                conn.pending = false;
-                self.read(key);
-                self.settle(key);
             }
-            Target::Listener(i) => {
-                self.listeners[i].pending = false;
-                match self.listeners[i].socket {
-                    Some(Socket::Stream(_)) => self.accept(i),
-                    Some(Socket::Datagram(_)) => self.receive(i),
-                    None => {}
-                }
+            Target::Socket(i) => {
+                self.sockets[i].ready_listed = false;
+                self.serve_socket(i);
             }
             _ => {}
         }
     }
 
-    /// Runs one service callback for connection `key`, with a [`Context`] over the loop.
-    fn callback(&mut self, key: usize, cb: Callback) {
-        let Some(Some(state)) = self.states.get_mut(key) else {
-            return;
-        };
-        let mut ctx = context!(self, key);
-        match cb {
-            Callback::Data(n) => self.service.data(state, &self.scratch[..n], &mut ctx),
-            Callback::Eof => self.service.eof(state, &mut ctx),
-            Callback::Writable => self.service.writable(state, &mut ctx),
-        }
-        self.reap_ended();
-    }
-
-    /// Closes the other connections the last callback ended (slow consumers of a
-    /// fan-out). The current one is left to its caller, which settles it.
-    pub(super) fn reap_ended(&mut self) {
-        if self.ended.is_empty() {
-            return;
-        }
-        let mut ended = mem::take(&mut self.ended);
-        for id in ended.drain(..) {
-            let key = id.slot();
-            if self.conns.get(key).is_some_and(|c| c.seq == id.seq()) {
-                self.remove(key, Reason::Dead);
-            }
-        }
-        self.ended = ended;
-    }
-
-    /// Acts on every deadline that has passed: idle and linger timers, listener back-off.
+    /// Acts on every deadline that has passed: connection timeouts and listener
+    /// back-off.
     fn expire(&mut self) {
-        let now = self.now_ms;
-        while let Some(key) = self.timers[Timer::Idle as usize].expired(now, &self.conns) {
-            self.stats.idle_timeouts += 1;
-            self.remove(key, Reason::IdleTimeout);
+        while let Some((key, reason)) = self.conns.expired() {
+            self.finish(key, reason);
         }
-        while let Some(key) = self.timers[Timer::Linger as usize].expired(now, &self.conns) {
-            self.remove(key, Reason::LingerDone);
-        }
-        while let Some(key) = self.timers[Timer::Handshake as usize].expired(now, &self.conns) {
-            self.stats.handshake_timeouts += 1;
-            self.remove(key, Reason::HandshakeTimeout);
-        }
-        for i in 0..self.listeners.len() {
-            if self.listeners[i]
-                .paused_until
-                .is_some_and(|t| t <= self.now)
-            {
-                self.listeners[i].paused_until = None;
-                self.accept(i);
+        for i in 0..self.sockets.len() {
+            if let Some(SocketKind::Listener(l)) = &mut self.sockets[i].kind {
+                if l.paused_until.is_some_and(|t| t <= self.now) {
+                    l.paused_until = None;
+                    self.accept(i);
+                }
             }
         }
     }
-}
 
-/// Which service callback to run for a connection.
-#[derive(Clone, Copy)]
-enum Callback {
-    Data(usize),
-    Eof,
-    Writable,
+    /// Hands memory freed after a burst of output back to the system, at most once a
+    /// second (see `conn/outbox.rs`).
+    fn release_memory(&mut self) {
+        self.freed += self.conns.take_freed();
+        if self.freed >= RELEASE_AT && self.now >= self.last_release + RELEASE_INTERVAL {
+            let (queued, held) = self.conns.output_memory();
+            debug!(
+                "handing {} KiB of freed output memory back to the system ({} KiB queued, {} KiB of chunks held)",
+                self.freed / 1024,
+                queued / 1024,
+                held / 1024
+            );
+            sys::release_free_memory();
+            self.freed = 0;
+            self.last_release = self.now;
+        }
+    }
 }

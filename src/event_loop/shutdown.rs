@@ -6,9 +6,9 @@ use std::time::Instant;
 use log::{info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
-use super::{Callback, EventLoop, Reason};
-use crate::conn::Phase;
-use crate::service::Service;
+use super::EventLoop;
+use crate::conn::{Phase, Reason};
+use crate::service::{Context, Service};
 
 impl<S: Service> EventLoop<S> {
     pub(super) fn on_signals(&mut self) {
@@ -52,29 +52,31 @@ impl<S: Service> EventLoop<S> {
             self.conns.len(),
             self.config.shutdown_timeout
         );
-        for slot in &mut self.listeners {
-            if let Some(mut socket) = slot.socket.take() {
-                let _ = self.poll.registry().deregister(socket.source());
+        for slot in &mut self.sockets {
+            // Dropping a socket closes it; a Unix socket file this process made goes
+            // with it.
+            if let Some(mut kind) = slot.kind.take() {
+                let _ = self.poll.registry().deregister(kind.source());
             }
-            slot.paused_until = None;
         }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            let Some(conn) = self.conns.get_mut(key) else {
+        for key in self.conns.keys() {
+            // An earlier connection's callback may have closed this one meanwhile.
+            if !self.conns.contains(key) || self.conns.phase(key) != Phase::Open {
                 continue;
-            };
-            if conn.phase == Phase::Open {
-                // No more input will be served; let the service write what it owes for
-                // input it already has (a line without its terminator).
-                if !conn.peer_eof {
-                    self.callback(key, Callback::Eof);
+            }
+            // No more input will be served; let the service write what it owes for
+            // input it already has (a line without its terminator).
+            if !self.conns.peer_eof(key) {
+                if let Some(Some(state)) = self.states.get_mut(key) {
+                    let mut ctx = Context::new(&mut self.conns, &mut self.stats, key);
+                    self.service.eof(state, &mut ctx);
                 }
-                let conn = &mut self.conns[key];
-                if conn.phase == Phase::Open {
-                    conn.phase = Phase::Closing;
+                if self.reap(key) {
+                    continue;
                 }
             }
-            self.settle(key);
+            self.conns.close(key);
+            self.serve(key);
         }
         self.check_drained();
     }
@@ -97,9 +99,8 @@ impl<S: Service> EventLoop<S> {
 
     /// Ends the drain: every connection still open is closed as it is.
     fn close_all(&mut self) {
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.remove(key, Reason::ShutdownTimeout);
+        for key in self.conns.keys() {
+            self.finish(key, Reason::Shutdown);
         }
         self.finished = true;
     }

@@ -61,7 +61,7 @@ impl Chargen {
 }
 
 impl Service for Chargen {
-    type Conn = ();
+    type State = ();
 
     fn open(&mut self, ctx: &mut Context<'_>) {
         ctx.want_writable();

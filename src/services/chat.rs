@@ -65,7 +65,7 @@ impl Chat {
 const BATCH_KEEP: usize = 128 * 1024;
 
 impl Service for Chat {
-    type Conn = Partial;
+    type State = Partial;
 
     fn open(&mut self, ctx: &mut Context<'_>) -> Partial {
         self.members.push(ctx.id());

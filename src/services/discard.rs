@@ -9,7 +9,7 @@ use crate::service::{Context, DatagramContext, Service};
 pub struct Discard;
 
 impl Service for Discard {
-    type Conn = ();
+    type State = ();
 
     fn open(&mut self, _ctx: &mut Context<'_>) {}
 

@@ -10,7 +10,7 @@ use crate::service::{Context, DatagramContext, Service};
 pub struct Echo;
 
 impl Service for Echo {
-    type Conn = ();
+    type State = ();
 
     fn open(&mut self, _ctx: &mut Context<'_>) {}
 

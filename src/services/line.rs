@@ -40,7 +40,7 @@ impl Line {
 pub type Partial = Vec<u8>;
 
 impl Service for Line {
-    type Conn = Partial;
+    type State = Partial;
 
     fn open(&mut self, _ctx: &mut Context<'_>) -> Partial {
         Vec::new()

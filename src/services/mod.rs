@@ -151,7 +151,7 @@ impl Modes {
 }
 
 impl Service for Modes {
-    type Conn = ModeConn;
+    type State = ModeConn;
 
     fn open(&mut self, ctx: &mut Context<'_>) -> ModeConn {
         match self.mode(ctx.listener()) {
@@ -202,7 +202,7 @@ impl Service for Modes {
     }
 
     fn datagram(&mut self, data: &[u8], ctx: &mut DatagramContext<'_>) {
-        match self.mode(ctx.listener()) {
+        match self.mode(ctx.socket()) {
             Mode::Echo => Echo.datagram(data, ctx),
             Mode::Line => self.line.datagram(data, ctx),
             Mode::Chargen => self.chargen.datagram(data, ctx),

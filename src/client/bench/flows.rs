@@ -5,81 +5,21 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Barrier;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use mio::net::{UdpSocket, UnixDatagram};
 use mio::{Events, Interest, Poll, Token};
 
 use super::pattern::Pattern;
 use super::{Share, Tally, Window};
-use crate::client::TempSocketPath;
-use crate::endpoint::Endpoint;
+use crate::socket::DatagramSocket;
 
 /// Replies to datagrams already declared lost are recognised among this many.
 const RECENTLY_LOST: usize = 256;
 
-enum Sock {
-    Udp(UdpSocket),
-    /// A Unix datagram client needs an address of its own for the replies.
-    Unix(UnixDatagram, #[allow(dead_code)] TempSocketPath),
-}
-
-impl Sock {
-    fn open(endpoint: &Endpoint, addr: Option<SocketAddr>) -> io::Result<Sock> {
-        match (endpoint, addr) {
-            (Endpoint::Udp(_), Some(addr)) => {
-                let local = SocketAddr::new(
-                    match addr.ip() {
-                        IpAddr::V4(ip) if ip.is_loopback() => IpAddr::V4(ip),
-                        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-                    },
-                    0,
-                );
-                let s = UdpSocket::bind(local)?;
-                s.connect(addr)?;
-                Ok(Sock::Udp(s))
-            }
-            (Endpoint::UnixDgram(path), _) => {
-                let me = TempSocketPath::new()?;
-                let s = UnixDatagram::bind(&me.0)?;
-                s.connect(path)?;
-                Ok(Sock::Unix(s, me))
-            }
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a datagram address",
-            )),
-        }
-    }
-
-    fn source(&mut self) -> &mut dyn mio::event::Source {
-        match self {
-            Sock::Udp(s) => s,
-            Sock::Unix(s, _) => s,
-        }
-    }
-
-    fn send(&self, data: &[u8]) -> io::Result<usize> {
-        match self {
-            Sock::Udp(s) => s.send(data),
-            Sock::Unix(s, _) => s.send(data),
-        }
-    }
-
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Sock::Udp(s) => s.recv(buf),
-            Sock::Unix(s, _) => s.recv(buf),
-        }
-    }
-}
-
 struct Flow {
-    sock: Sock,
+    sock: DatagramSocket,
     next_seq: u64,
     /// Sequence number, due time (for latency), send time (for the loss timeout).
     outstanding: VecDeque<(u64, Instant, Instant)>,
@@ -106,7 +46,7 @@ fn open_flows(share: &Share, tally: &mut Tally) -> io::Result<(Poll, Vec<Option<
     let poll = Poll::new()?;
     let mut flows = Vec::with_capacity(share.conns);
     for i in 0..share.conns {
-        match Sock::open(&share.cfg.endpoint, share.addr) {
+        match DatagramSocket::connect(&share.cfg.endpoint, share.addr) {
             Ok(mut sock) => {
                 poll.registry()
                     .register(sock.source(), Token(i), Interest::READABLE)?;

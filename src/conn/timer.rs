@@ -8,8 +8,9 @@
 //! the connections themselves (an intrusive doubly-linked list over slab keys), so
 //! adding, moving and removing are O(1) and allocate nothing.
 //!
-//! A connection is in at most one list at a time; closing it unlinks it, so a slab key
-//! that is reused later never inherits a stale deadline.
+//! A connection is in at most one list at a time (which one is kept by its owner, the
+//! connection table); closing it unlinks it, so a slot that is reused later never
+//! inherits a stale deadline.
 
 use slab::Slab;
 
@@ -35,7 +36,6 @@ pub(crate) const TIMER_KINDS: usize = 3;
 pub(crate) struct Links {
     prev: u32,
     next: u32,
-    on: Option<Timer>,
     /// When the connection was last stamped, in milliseconds of the loop's clock.
     pub(crate) stamp: u64,
 }
@@ -45,16 +45,8 @@ impl Default for Links {
         Links {
             prev: NIL,
             next: NIL,
-            on: None,
             stamp: 0,
         }
-    }
-}
-
-impl Links {
-    /// The list the connection is on, if any.
-    pub(crate) fn on(&self) -> Option<Timer> {
-        self.on
     }
 }
 
@@ -83,25 +75,14 @@ impl Deadlines {
     }
 
     /// Appends `key` with the stamp `now`; it must not be on any list.
-    pub(crate) fn push<T: Linked>(
-        &mut self,
-        kind: Timer,
-        key: usize,
-        now: u64,
-        slab: &mut Slab<T>,
-    ) {
+    pub(crate) fn push<T: Linked>(&mut self, key: usize, now: u64, slab: &mut Slab<T>) {
         let k = key as u32;
         let old_tail = self.tail;
-        {
-            let l = slab[key].links_mut();
-            debug_assert!(l.on.is_none(), "connection already on a deadline list");
-            *l = Links {
-                prev: old_tail,
-                next: NIL,
-                on: Some(kind),
-                stamp: now,
-            };
-        }
+        *slab[key].links_mut() = Links {
+            prev: old_tail,
+            next: NIL,
+            stamp: now,
+        };
         if old_tail == NIL {
             self.head = k;
         } else {
@@ -166,14 +147,13 @@ mod tests {
         let keys: Vec<usize> = (0..4).map(|_| slab.insert(Item::default())).collect();
         let mut d = Deadlines::new(100);
         for (i, &k) in keys.iter().enumerate() {
-            d.push(Timer::Idle, k, i as u64 * 10, &mut slab);
+            d.push(k, i as u64 * 10, &mut slab);
         }
         assert_eq!(d.next_deadline(&slab), Some(100));
         assert_eq!(d.expired(99, &slab), None);
         // Remove the middle and the head: the rest stays linked in order.
         d.unlink(keys[1], &mut slab);
         d.unlink(keys[0], &mut slab);
-        assert_eq!(slab[keys[0]].0.on(), None);
         assert_eq!(d.expired(1000, &slab), Some(keys[2]));
         d.unlink(keys[2], &mut slab);
         assert_eq!(d.expired(1000, &slab), Some(keys[3]));
@@ -181,8 +161,8 @@ mod tests {
         assert_eq!(d.expired(1000, &slab), None);
         assert_eq!(d.next_deadline(&slab), None);
         // An emptied list accepts new entries at both ends correctly.
-        d.push(Timer::Idle, keys[0], 5, &mut slab);
-        d.push(Timer::Idle, keys[1], 6, &mut slab);
+        d.push(keys[0], 5, &mut slab);
+        d.push(keys[1], 6, &mut slab);
         d.unlink(keys[1], &mut slab);
         assert_eq!(d.expired(105, &slab), Some(keys[0]));
     }

@@ -13,10 +13,13 @@
 //! thousands can be ramped up without overflowing the server's accept queue. Each of
 //! `threads` threads runs its own poll loop over its share of the connections.
 
-mod dgram;
+mod driver;
+mod flows;
+mod messages;
 mod pattern;
+mod ramp;
+mod reconnect;
 mod report;
-mod stream;
 
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -58,7 +61,8 @@ pub struct BenchConfig {
     /// Print a progress line on stderr once a second.
     pub progress: bool,
     /// How to speak TLS to a `tls://` endpoint; `None` trusts the system's roots and
-    /// expects the URL's host in the server's certificate.
+    /// expects the URL's host in the server's certificate (see
+    /// [`TlsClient::for_endpoint`](crate::tls::TlsClient::for_endpoint)).
     pub tls: Option<crate::tls::TlsClient>,
 }
 
@@ -224,9 +228,9 @@ pub(crate) struct Share {
 /// report's `errors`.
 pub fn run(mut cfg: BenchConfig) -> io::Result<Report> {
     cfg.validate()?;
-    cfg.tls = crate::client::tls_client_for(&cfg.endpoint, cfg.tls.as_ref())?;
+    cfg.tls = super::tls_for(&cfg.endpoint, cfg.tls.as_ref())?;
     let addr = match cfg.endpoint.host_port() {
-        Some(_) => Some(crate::client::resolve(&cfg.endpoint)?),
+        Some(_) => Some(crate::socket::resolve(&cfg.endpoint)?),
         None => None,
     };
     let threads = cfg.threads.min(cfg.conns);
@@ -284,9 +288,15 @@ fn worker(
 ) -> Tally {
     let mut tally = Tally::new(live);
     if share.cfg.endpoint.is_stream() {
-        stream::run(&share, &mut tally, ready, window);
+        match driver::Driver::new(&share, &mut tally) {
+            Ok(d) => d.run(ready, window),
+            Err(e) => {
+                tally.error(|| format!("poll: {e}"));
+                ready.wait();
+            }
+        }
     } else {
-        dgram::run(&share, &mut tally, ready, window);
+        flows::run(&share, &mut tally, ready, window);
     }
     tally
 }

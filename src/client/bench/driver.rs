@@ -1,0 +1,291 @@
+//! One client thread's machinery: its poll loop, the output buffers of its connections,
+//! what it counts, and the steps every load shape shares — connect, issue messages,
+//! write what is owed, read and check what comes back.
+//!
+//! Each connection is a [`Lane`]: the same [`Connection`] the server uses (sticky
+//! readiness, the short-read rule, `sendall` with an outbox), and the messages in flight
+//! on it. The load shapes — the ramp-up (`ramp.rs`), the closed and open loops
+//! (`messages.rs`) and reconnecting (`reconnect.rs`) — are functions over a driver and
+//! its lanes.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Barrier;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::{Events, Interest, Poll};
+
+use super::pattern::Pattern;
+use super::{Share, Tally, Window, messages, ramp, reconnect};
+use crate::conn::{Connection, Input, Outboxes};
+use crate::readiness::Readiness;
+use crate::socket;
+use crate::stats::Stats;
+use crate::token;
+
+/// Loopback addresses the connections to a loopback server are spread over: with
+/// thousands of connections to one address and port, the kernel's search for a free
+/// ephemeral port in `connect` gets slow.
+const SOURCE_ADDRS: u8 = 16;
+
+/// Spare output buffer a client thread keeps between bursts.
+const SPARE_OUTPUT: usize = 1024 * 1024;
+
+/// One load connection: its [`Connection`] and the messages in flight on it.
+pub(super) struct Lane {
+    /// The connection's number across all threads: its messages' pattern differs
+    /// from every other connection's.
+    pub(super) id: u32,
+    pub(super) conn: Connection,
+    /// Messages issued so far; the next one's sequence number.
+    pub(super) issued: u64,
+    /// Bytes echoed back so far.
+    pub(super) received: u64,
+    /// When each outstanding message was issued (or due, in open loop), oldest first.
+    pub(super) since: VecDeque<Instant>,
+    pub(super) alive: bool,
+}
+
+impl Lane {
+    pub(super) fn new(id: u32, conn: Connection) -> Self {
+        Lane {
+            id,
+            conn,
+            issued: 0,
+            received: 0,
+            since: VecDeque::new(),
+            alive: true,
+        }
+    }
+}
+
+/// A client thread: its share of the work, its poll loop, and its buffers.
+pub(super) struct Driver<'a> {
+    pub(super) share: &'a Share,
+    pub(super) tally: &'a mut Tally,
+    poll: Poll,
+    events: Events,
+    outboxes: Outboxes,
+    /// The thread's own I/O counters, kept as the server keeps its own.
+    stats: Stats,
+    pattern: Pattern,
+    /// Messages are built here, then sent in one write.
+    message: Vec<u8>,
+    read_buf: Vec<u8>,
+}
+
+impl<'a> Driver<'a> {
+    pub(super) fn new(share: &'a Share, tally: &'a mut Tally) -> io::Result<Self> {
+        Ok(Driver {
+            share,
+            tally,
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            outboxes: Outboxes::new(SPARE_OUTPUT),
+            stats: Stats::default(),
+            pattern: Pattern::new(),
+            message: Vec::new(),
+            read_buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Runs the thread's part: connect (unless every message gets a connection of its
+    /// own), wait for the others, then load.
+    pub(super) fn run(mut self, ready: &Barrier, window: &Receiver<Window>) {
+        if self.share.cfg.reconnect {
+            ready.wait();
+            if let Ok(w) = window.recv() {
+                reconnect::run(&mut self, &w);
+            }
+            return;
+        }
+        let started = Instant::now();
+        let mut lanes = ramp::run(&mut self);
+        self.tally.ramp = started.elapsed();
+        ready.wait();
+        if let Ok(w) = window.recv() {
+            messages::run(&mut self, &w, &mut lanes);
+        }
+    }
+
+    /// Starts connection `index` of this thread, registered under `generation` (a
+    /// slot reused for a new connection gets a new generation, so the old one's stale
+    /// events are recognised).
+    pub(super) fn connect(&mut self, index: usize, generation: u32) -> io::Result<Connection> {
+        let id = self.share.first + index as u32;
+        let transport = socket::connect(
+            &self.share.cfg.endpoint,
+            self.share.addr,
+            source_for(self.share.addr, id),
+            self.share.cfg.tls.as_ref(),
+        )?;
+        let mut conn = Connection::new(transport, Readiness::NONE);
+        self.poll.registry().register(
+            conn.transport_mut().source(),
+            token::conn(index, generation),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        Ok(conn)
+    }
+
+    /// Waits for events at most `timeout`; false when polling failed (counted).
+    pub(super) fn poll(&mut self, timeout: Duration) -> bool {
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) => {
+                self.tally.error(|| format!("poll: {e}"));
+                false
+            }
+        }
+    }
+
+    /// The events of the last [`poll`](Self::poll), taken out so that the driver can
+    /// be used while walking them; give them back with [`put_events`](Self::put_events).
+    pub(super) fn take_events(&mut self) -> Events {
+        std::mem::replace(&mut self.events, Events::with_capacity(0))
+    }
+
+    pub(super) fn put_events(&mut self, events: Events) {
+        self.events = events;
+    }
+
+    /// Issues `count` messages on a lane, due at `due`: built back to back and handed
+    /// to the connection in one write (with 16 in flight, one `write` for all 16).
+    pub(super) fn issue(&mut self, lane: &mut Lane, count: usize, due: Instant) {
+        let size = self.share.cfg.size;
+        self.message.resize(count * size, 0);
+        for m in self.message.chunks_exact_mut(size) {
+            self.pattern.fill(lane.id, lane.issued, m);
+            lane.issued += 1;
+            lane.since.push_back(due);
+        }
+        if lane.alive {
+            if let Err(e) = lane
+                .conn
+                .send(&[&self.message], &mut self.outboxes, &mut self.stats)
+            {
+                lane.alive = false;
+                self.tally.error(|| format!("conn {}: write: {e}", lane.id));
+            }
+        }
+    }
+
+    /// Records an event and does what the lane's readiness allows: writes what it owes,
+    /// reads and checks what came back (which also moves a TLS handshake along), and
+    /// writes again if the handshake just let queued messages go. Returns how many
+    /// messages completed.
+    pub(super) fn serve(&mut self, lane: &mut Lane, ev: &Event, window: &Window) -> usize {
+        lane.conn.add_event(ev);
+        self.flush(lane);
+        let done = self.receive(lane, window);
+        self.flush(lane);
+        done
+    }
+
+    /// Writes what the lane owes, if its socket is writable.
+    pub(super) fn flush(&mut self, lane: &mut Lane) {
+        if lane.alive && lane.conn.owes() && lane.conn.readiness().writable() {
+            if let Err(e) = lane.conn.flush(&mut self.outboxes, &mut self.stats) {
+                lane.alive = false;
+                self.tally.error(|| format!("conn {}: write: {e}", lane.id));
+            }
+        }
+    }
+
+    /// Reads and checks what came back, while the socket has something; returns how
+    /// many messages completed.
+    fn receive(&mut self, lane: &mut Lane, window: &Window) -> usize {
+        let size = self.share.cfg.size as u64;
+        let mut completed = 0;
+        while lane.alive && lane.conn.readiness().readable() {
+            let n = match lane.conn.read(&mut self.read_buf, &mut self.stats) {
+                Input::Data(n) => n,
+                Input::Nothing => break,
+                Input::Eof => {
+                    if !lane.since.is_empty() {
+                        let outstanding = lane.since.len();
+                        self.tally.error(|| {
+                            format!(
+                                "conn {}: closed by the server with {outstanding} messages outstanding",
+                                lane.id
+                            )
+                        });
+                    }
+                    lane.alive = false;
+                    break;
+                }
+                Input::Failed(f) => {
+                    lane.alive = false;
+                    self.tally.error(|| format!("conn {}: read: {f}", lane.id));
+                    break;
+                }
+            };
+            let sent = lane.issued * size;
+            if lane.received + n as u64 > sent {
+                lane.alive = false;
+                let extra = lane.received + n as u64 - sent;
+                self.tally
+                    .error(|| format!("conn {}: {extra} bytes more than were sent", lane.id));
+                break;
+            }
+            if !self.pattern.check_stream(
+                lane.id,
+                size as usize,
+                lane.received,
+                &self.read_buf[..n],
+            ) {
+                lane.alive = false;
+                let at = lane.received;
+                self.tally
+                    .error(|| format!("conn {}: wrong bytes at stream offset {at}", lane.id));
+                break;
+            }
+            lane.received += n as u64;
+            let now = Instant::now();
+            let done = lane.received / size;
+            while lane.issued - (lane.since.len() as u64) < done {
+                let since = lane.since.pop_front().expect("an outstanding message");
+                self.tally.completed(window, since, now);
+                completed += 1;
+            }
+        }
+        completed
+    }
+
+    /// Closes a lane: TLS says goodbye properly (`close_notify`), best effort, and
+    /// whatever it still owed is dropped.
+    pub(super) fn close(&mut self, mut lane: Lane) {
+        lane.conn.transport_mut().say_goodbye();
+        lane.conn.drop_output(&mut self.outboxes);
+    }
+}
+
+/// The source address for connection `id`, when the server is on IPv4 loopback.
+fn source_for(addr: Option<SocketAddr>, id: u32) -> Option<IpAddr> {
+    match addr {
+        Some(SocketAddr::V4(a)) if a.ip().is_loopback() => Some(IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (id % u32::from(SOURCE_ADDRS)) as u8,
+        ))),
+        _ => None,
+    }
+}
+
+/// Errors worth another attempt while connecting: the server's accept queue was full
+/// (a Unix listener says EAGAIN), or it was not ready yet.
+pub(super) fn retriable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::AddrNotAvailable
+    )
+}

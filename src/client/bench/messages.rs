@@ -1,0 +1,86 @@
+//! The closed and open loops over established connections.
+//!
+//! - **Closed loop**: every connection keeps `depth` messages in flight and issues the
+//!   next as soon as one comes back.
+//! - **Open loop** (`rate`): messages leave at a fixed total rate whatever the server
+//!   does, each stamped with when it was *due*, so a server that stalls shows in the
+//!   percentiles instead of silently slowing the client down (no coordinated
+//!   omission).
+
+use std::time::{Duration, Instant};
+
+use super::Window;
+use super::driver::{Driver, Lane};
+use crate::token::{self, Target};
+
+pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>]) {
+    let depth = d.share.cfg.depth;
+    let open_loop = d.share.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut next_due = window.start;
+    let mut slot = 0usize;
+    if open_loop.is_none() {
+        for lane in lanes.iter_mut().flatten() {
+            d.issue(lane, depth, Instant::now());
+        }
+    }
+    loop {
+        let now = Instant::now();
+        if now >= window.drain_until {
+            break;
+        }
+        if now >= window.end
+            && lanes
+                .iter()
+                .flatten()
+                .all(|l| l.since.is_empty() || !l.alive)
+        {
+            break;
+        }
+        // Open loop: everything that is due leaves now, stamped with when it was due.
+        let mut timeout = Duration::from_millis(100);
+        if let Some(interval) = open_loop {
+            while next_due <= now && next_due < window.end && !lanes.is_empty() {
+                let i = slot % lanes.len();
+                slot += 1;
+                if let Some(lane) = lanes[i].as_mut().filter(|l| l.alive) {
+                    d.issue(lane, 1, next_due);
+                }
+                next_due += interval;
+            }
+            if next_due < window.end {
+                timeout = timeout.min(next_due.saturating_duration_since(now));
+            }
+        }
+        if !d.poll(timeout) {
+            return;
+        }
+        let events = d.take_events();
+        for ev in events.iter() {
+            let Target::Conn { key: i, .. } = token::decode(ev.token()) else {
+                continue;
+            };
+            let Some(lane) = lanes.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            if !lane.alive {
+                continue;
+            }
+            let done = d.serve(lane, ev, window);
+            if open_loop.is_none() && done > 0 {
+                let now = Instant::now();
+                if now < window.end {
+                    d.issue(lane, done, now);
+                }
+            }
+        }
+        d.put_events(events);
+    }
+    for lane in lanes.iter().flatten() {
+        if lane.alive && !lane.since.is_empty() {
+            let missing = lane.since.len();
+            d.tally.error(|| {
+                format!("conn {}: {missing} messages never came back", lane.id)
+            });
+        }
+    }
+}

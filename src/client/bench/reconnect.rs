@@ -1,0 +1,119 @@
+//! Reconnect mode: each of the thread's slots connects, sends one message, reads its
+//! echo, closes, and starts over — the server's accept path under load.
+
+use std::time::{Duration, Instant};
+
+use super::Window;
+use super::driver::{Driver, Lane, retriable};
+use crate::socket;
+use crate::token::{self, Target};
+
+/// One slot: the connection it has now, if any.
+struct Slot {
+    lane: Option<Lane>,
+    connected: bool,
+    started: Instant,
+    /// Bumped for each new connection, and carried in its token: events for a
+    /// connection closed earlier in the same batch never reach its successor.
+    generation: u32,
+    retry_at: Option<Instant>,
+}
+
+pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
+    let mut slots: Vec<Slot> = (0..d.share.conns)
+        .map(|_| Slot {
+            lane: None,
+            connected: false,
+            started: Instant::now(),
+            generation: 0,
+            retry_at: Some(Instant::now()),
+        })
+        .collect();
+    let mut successes = 0u64;
+    let mut refused = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= window.drain_until
+            || (now >= window.end && slots.iter().all(|s| s.lane.is_none()))
+        {
+            break;
+        }
+        // Start the connections that are due.
+        for (i, s) in slots.iter_mut().enumerate() {
+            if s.lane.is_some() || now >= window.end || s.retry_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            s.generation = s.generation.wrapping_add(1);
+            s.started = now;
+            s.retry_at = None;
+            match d.connect(i, s.generation) {
+                Ok(conn) => {
+                    s.lane = Some(Lane::new(d.share.first + i as u32, conn));
+                    s.connected = false;
+                }
+                Err(e) if retriable(&e) => {
+                    refused += 1;
+                    s.retry_at = Some(now + Duration::from_millis(10));
+                }
+                Err(e) => {
+                    d.tally.error(|| format!("connect: {e}"));
+                    s.retry_at = Some(now + Duration::from_millis(100));
+                }
+            }
+        }
+        if !d.poll(Duration::from_millis(10)) {
+            return;
+        }
+        let events = d.take_events();
+        for ev in events.iter() {
+            let Target::Conn { key: i, seq } = token::decode(ev.token()) else {
+                continue;
+            };
+            let Some(s) = slots.get_mut(i) else { continue };
+            if token::seq_bits(s.generation) != seq {
+                continue;
+            }
+            let Some(lane) = s.lane.as_mut() else { continue };
+            if !s.connected {
+                if !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
+                    continue;
+                }
+                if let Err(e) = socket::finish_connect(lane.conn.transport()) {
+                    if retriable(&e) {
+                        refused += 1;
+                    } else {
+                        d.tally.error(|| format!("connect: {e}"));
+                    }
+                    if let Some(lane) = s.lane.take() {
+                        d.close(lane);
+                    }
+                    s.retry_at = Some(Instant::now() + Duration::from_millis(10));
+                    continue;
+                }
+                s.connected = true;
+                lane.conn.add_event(ev);
+                d.issue(lane, 1, s.started);
+            }
+            let done = d.serve(lane, ev, window) == 1;
+            if done {
+                successes += 1;
+                if window.counts(Instant::now()) {
+                    d.tally.conns_done += 1;
+                }
+            }
+            if done || !lane.alive {
+                if let Some(lane) = s.lane.take() {
+                    d.close(lane);
+                }
+                let pause = if done { 0 } else { 10 };
+                s.retry_at = Some(Instant::now() + Duration::from_millis(pause));
+            }
+        }
+        d.put_events(events);
+    }
+    d.tally.connected = d.share.conns;
+    if successes == 0 {
+        d.tally
+            .error(|| format!("no connection succeeded ({refused} attempts refused)"));
+    }
+}

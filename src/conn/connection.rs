@@ -1,0 +1,264 @@
+//! One connection's stream machinery, shared by the server and the clients: a
+//! [`Transport`], the output it still owes ([`Outbox`]), and its sticky [`Readiness`].
+//!
+//! Everything that makes a non-blocking stream behave like a blocking one without
+//! blocking lives here, once: the short-read rule on the way in, `sendall` on the way
+//! out, "held-back TLS records before the queue" when flushing, and keeping the
+//! readiness flags true. The server's connection table wraps it with a lifecycle
+//! (`conn/entry.rs`); `sockloop send` and `sockloop bench` use it as it is.
+
+use log::trace;
+
+use super::outbox::{Outbox, Outboxes};
+use crate::readiness::Readiness;
+use crate::stats::Stats;
+use crate::transport::{Fault, Io, Status, Transport};
+
+/// A connected stream with its unsent output and what the kernel last said about it.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    transport: Transport,
+    outbox: Outbox,
+    readiness: Readiness,
+}
+
+/// What one read brought.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// This many bytes, at the front of the buffer.
+    Data(usize),
+    /// The peer ended its output.
+    Eof,
+    /// Nothing now: the readable flag is cleared until the next edge.
+    Nothing,
+    /// The connection failed.
+    Failed(Fault),
+}
+
+impl Connection {
+    /// A connection over `transport`, starting from what is already known of it
+    /// ([`Readiness::WRITABLE`] for an accepted socket, [`Readiness::NONE`] for one
+    /// still connecting).
+    pub(crate) fn new(transport: Transport, readiness: Readiness) -> Self {
+        Connection {
+            transport,
+            outbox: Outbox::default(),
+            readiness,
+        }
+    }
+
+    /// The stream underneath.
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The stream underneath, to register it or to end a session.
+    pub(crate) fn transport_mut(&mut self) -> &mut Transport {
+        &mut self.transport
+    }
+
+    /// What is known of the socket's readiness.
+    pub(crate) fn readiness(&self) -> Readiness {
+        self.readiness
+    }
+
+    /// Records a readiness event (see [`Readiness`]).
+    pub(crate) fn add_event(&mut self, ev: &mio::event::Event) {
+        self.readiness.add(ev);
+    }
+
+    /// Bytes queued and not yet taken by the socket.
+    pub(crate) fn queued(&self, outboxes: &Outboxes) -> usize {
+        outboxes.len(self.outbox)
+    }
+
+    /// True while output is owed: queued here, or held below by the transport (TLS
+    /// records that did not fit the socket).
+    pub(crate) fn owes(&self) -> bool {
+        !self.outbox.is_empty() || self.transport.holds_output()
+    }
+
+    /// Reads once into `buf`.
+    ///
+    /// A read shorter than the buffer means the kernel's queue was emptied at that
+    /// instant (Linux raises a new edge for data that arrives later), so the readable
+    /// flag is cleared and the read that would only say `WouldBlock` is never made —
+    /// unless an event already reported the peer's FIN as queued: then the caller
+    /// reads on to the end of file, which no later edge would announce.
+    pub(crate) fn read(&mut self, buf: &mut [u8], stats: &mut Stats) -> Input {
+        let io = self.transport.read(buf);
+        count(&io, stats, false);
+        match io.status {
+            Status::Continue | Status::Handshaking => {}
+            Status::Drained => {
+                if !self.readiness.read_closed() {
+                    self.readiness.clear_readable();
+                }
+            }
+            Status::WouldBlock => {
+                stats.read_would_block += 1;
+                self.readiness.clear_readable();
+            }
+            Status::Closed => return Input::Eof,
+            Status::Failed(f) => return Input::Failed(f),
+        }
+        if io.bytes > 0 {
+            Input::Data(io.bytes)
+        } else {
+            Input::Nothing
+        }
+    }
+
+    /// `sendall` without blocking: writes `parts` (one `write`, or one `writev` for
+    /// several) straight from the caller's memory when nothing is owed, and queues only
+    /// what the socket did not take. When output is already owed the new bytes go
+    /// behind it without a system call — the peer must receive bytes in order — and
+    /// the queue is written when the socket reports writable.
+    ///
+    /// A short write is not retried: the send buffer is full right now, and the retry
+    /// would only return `WouldBlock`. Returns the bytes the socket took at once.
+    pub(crate) fn send(
+        &mut self,
+        parts: &[&[u8]],
+        outboxes: &mut Outboxes,
+        stats: &mut Stats,
+    ) -> Result<usize, Fault> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            return Ok(0);
+        }
+        // Leave out empty parts, so that one real slice among them is a plain write().
+        let mut inline: [&[u8]; 4] = [&[]; 4];
+        let parts: &[&[u8]] = if parts.len() <= inline.len() {
+            let mut n = 0;
+            for p in parts.iter().filter(|p| !p.is_empty()) {
+                inline[n] = p;
+                n += 1;
+            }
+            &inline[..n]
+        } else {
+            parts
+        };
+        let written = if self.owes() || !self.readiness.writable() {
+            0
+        } else {
+            let io = self.transport.write(parts);
+            count(&io, stats, true);
+            match io.status {
+                Status::Continue => {}
+                Status::Handshaking => trace!("write: handshake under way, queueing {total} bytes"),
+                Status::Drained => {
+                    stats.short_writes += 1;
+                    self.readiness.clear_writable();
+                    trace!(
+                        "partial write: {} of {total} bytes, queueing {}",
+                        io.bytes,
+                        total - io.bytes
+                    );
+                }
+                Status::WouldBlock => {
+                    stats.write_would_block += 1;
+                    self.readiness.clear_writable();
+                    trace!("write: would block, queueing {} bytes", total - io.bytes);
+                }
+                Status::Closed => {}
+                Status::Failed(f) => return Err(f),
+            }
+            io.bytes
+        };
+        let mut skip = written;
+        for p in parts {
+            if skip >= p.len() {
+                skip -= p.len();
+            } else {
+                outboxes.push(&mut self.outbox, &p[skip..]);
+                skip = 0;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes what is owed, oldest first, until it is all gone or the socket is full:
+    /// output held by the transport first (it is older), then the queue. Returns the
+    /// bytes of the queue that the socket took.
+    pub(crate) fn flush(&mut self, outboxes: &mut Outboxes, stats: &mut Stats) -> Result<usize, Fault> {
+        if self.transport.holds_output() {
+            let io = self.transport.flush_held();
+            count(&io, stats, true);
+            if self.settle_write(io.status, stats)? {
+                return Ok(0);
+            }
+        }
+        if self.outbox.is_empty() {
+            return Ok(0);
+        }
+        let before = outboxes.len(self.outbox);
+        let io = outboxes.write_to(&mut self.outbox, &mut self.transport);
+        count(&io, stats, true);
+        let written = io.bytes;
+        if self.settle_write(io.status, stats)? {
+            trace!(
+                "flush: wrote {written} of {before} queued bytes, {} still queued",
+                outboxes.len(self.outbox)
+            );
+        }
+        Ok(written)
+    }
+
+    /// Applies how a flush ended to the counters and the writable flag. `Ok(true)`
+    /// when the socket is full (the rest waits for the next edge).
+    fn settle_write(&mut self, status: Status, stats: &mut Stats) -> Result<bool, Fault> {
+        match status {
+            Status::Continue | Status::Closed | Status::Handshaking => Ok(false),
+            Status::Drained => {
+                stats.short_writes += 1;
+                self.readiness.clear_writable();
+                Ok(true)
+            }
+            Status::WouldBlock => {
+                stats.write_would_block += 1;
+                self.readiness.clear_writable();
+                Ok(true)
+            }
+            Status::Failed(f) => Err(f),
+        }
+    }
+
+    /// Drops whatever is queued: the peer will never read it.
+    pub(crate) fn drop_output(&mut self, outboxes: &mut Outboxes) {
+        outboxes.clear(&mut self.outbox);
+    }
+
+    /// Shuts down the sending side once nothing is owed. `Ok(false)` while TLS's
+    /// `close_notify` still waits for room in the socket: flush and ask again.
+    pub(crate) fn shutdown_write(&mut self, stats: &mut Stats) -> Result<bool, Fault> {
+        let io = self.transport.shutdown_write();
+        count(&io, stats, true);
+        match io.status {
+            Status::Failed(f) => Err(f),
+            Status::WouldBlock | Status::Drained => {
+                self.readiness.clear_writable();
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    /// Once, after the read that completed a TLS handshake: its protocol and cipher
+    /// suite. Nothing else needs doing then — output queued during the handshake is
+    /// written because the writable flag was never cleared.
+    pub(crate) fn take_established(&mut self) -> Option<String> {
+        self.transport.take_established()
+    }
+}
+
+/// Adds an I/O call's system calls to the counters, and for a write the bytes it
+/// took (bytes read are counted by the caller, which knows whether they were served or
+/// discarded).
+fn count(io: &Io, stats: &mut Stats, write: bool) {
+    stats.reads += u64::from(io.reads);
+    stats.writes += u64::from(io.writes);
+    if write {
+        stats.bytes_out += io.bytes as u64;
+    }
+}

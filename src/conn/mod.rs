@@ -1,0 +1,540 @@
+//! The connection layer: every stream connection of one loop, in one table that owns
+//! all they need — the slab of entries, the output they owe, their deadlines, the list
+//! of connections to close as soon as possible, the loop's clock, and the limits.
+//!
+//! The loop (`event_loop/`) asks the table what a connection wants next
+//! ([`Conns::next_step`]) and does it; a service reaches the table only through its
+//! [`Context`](crate::Context). Every rule about one connection's bytes and life is a
+//! method here: `sendall` and the slow-consumer limit ([`Conns::send`]), flushing and
+//! backpressure, the idle timer's touch, the lifecycle in `entry.rs`, and closing.
+//!
+//! # Closing as soon as possible
+//! A connection that must end while a service callback is running — a chat receiver
+//! that a fan-out found to be a slow consumer, a write that failed — cannot be removed
+//! there: the callback may still hold its id, and the loop above may still be walking
+//! its events. Like Redis's `CLIENT_CLOSE_ASAP`, it is marked [`Phase::Closed`], its
+//! output is dropped at once (that is the memory worth getting back), and its reason
+//! goes on a list that the loop empties as soon as the callback returns
+//! ([`Conns::take_closed`]). Everything that ends a connection goes through that list,
+//! so one function logs, counts and removes every close.
+//!
+//! # Memory
+//! An entry is 48 bytes: the socket, a ticket to its output queue, its readiness, its
+//! sequence number, its listener, its phase and flags, and its place in a deadline
+//! list. Buffers are the [`Outboxes`]'s, and only while output is owed.
+
+mod connection;
+mod entry;
+mod outbox;
+mod timer;
+
+use std::io;
+
+use log::{debug, trace, warn};
+use mio::Token;
+use slab::Slab;
+
+pub(crate) use connection::{Connection, Input};
+pub(crate) use entry::{Phase, Reason, Step};
+pub(crate) use outbox::Outboxes;
+
+use entry::{Entry, Flags};
+use timer::{Deadlines, TIMER_KINDS, Timer};
+
+use crate::readiness::Readiness;
+use crate::service::ConnId;
+use crate::stats::Stats;
+use crate::token;
+use crate::transport::{PeerAddr, Transport};
+
+/// How stale an idle-timer stamp may get before traffic moves the connection to the
+/// tail of the idle list. Touching at most this often keeps list surgery off the
+/// per-message path; the idle deadline is lengthened by the same amount, so a
+/// connection is never closed before it has been idle for the full timeout.
+const TOUCH_GRANULARITY_MS: u64 = 100;
+
+/// The limits a table enforces (from the loop's [`Config`](crate::Config)).
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    /// Most connections at once.
+    pub(crate) max_conns: usize,
+    /// Unsent bytes one connection may owe before it is a slow consumer.
+    pub(crate) max_outbuf: usize,
+    /// Unsent bytes all connections together may owe before the biggest are closed.
+    pub(crate) max_outbuf_total: usize,
+    /// Stop reading a connection that owes at least this much.
+    pub(crate) high_water: usize,
+    /// Read it again once it owes at most this much.
+    pub(crate) low_water: usize,
+    /// Idle timeout in milliseconds; `None`: never.
+    pub(crate) idle_ms: Option<u64>,
+    pub(crate) linger_ms: u64,
+    pub(crate) handshake_ms: u64,
+    /// Most bytes of spare output chunks kept between bursts.
+    pub(crate) spare_output: usize,
+}
+
+/// Every stream connection of one loop.
+pub(crate) struct Conns {
+    entries: Slab<Entry>,
+    outboxes: Outboxes,
+    timers: [Deadlines; TIMER_KINDS],
+    /// Connections to close as soon as the current callback returns, and why.
+    closing: Vec<(usize, u32, Reason)>,
+    limits: Limits,
+    /// The loop's clock: milliseconds since it started, read once per turn.
+    now_ms: u64,
+    next_seq: u32,
+    /// The output queued for all connections passed the total limit during the last
+    /// callback: [`take_closed`](Self::take_closed) picks whom to close.
+    over_total: bool,
+}
+
+impl Conns {
+    /// An empty table, with room reserved (not touched) for `limits.max_conns`.
+    pub(crate) fn new(limits: Limits) -> Self {
+        let idle = limits.idle_ms.map_or(0, |ms| ms + TOUCH_GRANULARITY_MS);
+        Conns {
+            // Address space only: pages are touched as connections arrive, and the
+            // table never has to be copied while it grows.
+            entries: Slab::with_capacity(limits.max_conns.min(1 << 20)),
+            outboxes: Outboxes::new(limits.spare_output),
+            timers: [
+                Deadlines::new(idle),
+                Deadlines::new(limits.linger_ms),
+                Deadlines::new(limits.handshake_ms),
+            ],
+            closing: Vec::new(),
+            limits,
+            now_ms: 0,
+            next_seq: 0,
+            over_total: false,
+        }
+    }
+
+    /// Connections in the table.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no connection is open.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// True while slot `key` holds a connection.
+    pub(crate) fn contains(&self, key: usize) -> bool {
+        self.entries.contains(key)
+    }
+
+    /// The connection limit.
+    pub(crate) fn max_conns(&self) -> usize {
+        self.limits.max_conns
+    }
+
+    /// True at the connection limit.
+    pub(crate) fn is_full(&self) -> bool {
+        self.entries.len() >= self.limits.max_conns
+    }
+
+    /// Sets the clock, once per turn.
+    pub(crate) fn set_clock(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    /// Every slot in use, for walking all connections.
+    pub(crate) fn keys(&self) -> Vec<usize> {
+        self.entries.iter().map(|(k, _)| k).collect()
+    }
+
+    /// Adds an accepted connection and starts its deadline: the handshake deadline for
+    /// a TLS connection, else the idle timer (if any). Returns its slot.
+    pub(crate) fn insert(&mut self, transport: Transport, listener: usize) -> usize {
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let timer = if transport.is_handshaking() {
+            Some(Timer::Handshake)
+        } else {
+            self.limits.idle_ms.map(|_| Timer::Idle)
+        };
+        let conn = Connection::new(transport, Readiness::WRITABLE);
+        let listener = u16::try_from(listener).unwrap_or(u16::MAX);
+        let key = self.entries.insert(Entry::new(conn, self.next_seq, listener));
+        self.start_timer(key, timer);
+        key
+    }
+
+    /// The connection's token: its slot and sequence number (see `token.rs`).
+    pub(crate) fn token(&self, key: usize) -> Token {
+        token::conn(key, self.entries[key].seq)
+    }
+
+    /// True when `key` holds the connection whose token carried `seq`.
+    pub(crate) fn is_current(&self, key: usize, seq: usize) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| token::seq_bits(e.seq) == seq)
+    }
+
+    /// The connection's id, as services see it.
+    pub(crate) fn id(&self, key: usize) -> ConnId {
+        ConnId {
+            seq: self.entries[key].seq,
+            key: key as u32,
+        }
+    }
+
+    /// The slot of connection `id`, if it is still open (for writes to other
+    /// connections: a departed or closing one is refused, never misdirected).
+    pub(crate) fn open_slot(&self, id: ConnId) -> Option<usize> {
+        let key = id.key as usize;
+        self.entries
+            .get(key)
+            .filter(|e| e.seq == id.seq && e.phase == Phase::Open)
+            .map(|_| key)
+    }
+
+    /// The listener that accepted the connection.
+    pub(crate) fn listener(&self, key: usize) -> usize {
+        usize::from(self.entries[key].listener)
+    }
+
+    /// Where the connection is in its life.
+    pub(crate) fn phase(&self, key: usize) -> Phase {
+        self.entries[key].phase
+    }
+
+    /// The peer's address (a `getpeername` call).
+    pub(crate) fn peer_addr(&self, key: usize) -> io::Result<PeerAddr> {
+        self.entries[key].conn.transport().peer_addr()
+    }
+
+    /// The connection's socket, to register it with `poll`.
+    pub(crate) fn source(&mut self, key: usize) -> &mut dyn mio::event::Source {
+        self.entries[key].conn.transport_mut().source()
+    }
+
+    /// The pending socket error, to say why an error event came.
+    pub(crate) fn take_error(&self, key: usize) -> io::Error {
+        match self.entries[key].conn.transport().take_error() {
+            Ok(Some(e)) | Err(e) => e,
+            Ok(None) => io::Error::other("error event without a socket error"),
+        }
+    }
+
+    /// Bytes the connection owes and the socket has not taken.
+    pub(crate) fn queued(&self, key: usize) -> usize {
+        self.entries[key].conn.queued(&self.outboxes)
+    }
+
+    /// Records a readiness event.
+    pub(crate) fn add_event(&mut self, key: usize, ev: &mio::event::Event) {
+        self.entries[key].conn.add_event(ev);
+    }
+
+    /// Puts the connection on the loop's list for next turn, unless it is there
+    /// already; true when it was added.
+    pub(crate) fn mark_ready_listed(&mut self, key: usize) -> bool {
+        let flags = &mut self.entries[key].flags;
+        let new = !flags.has(Flags::READY_LISTED);
+        flags.set(Flags::READY_LISTED, true);
+        new
+    }
+
+    /// Takes the connection off the loop's list for next turn.
+    pub(crate) fn unmark_ready_listed(&mut self, key: usize) {
+        self.entries[key].flags.set(Flags::READY_LISTED, false);
+    }
+
+    /// What the connection wants done next, given its phase and what its socket is
+    /// ready for. This is where backpressure lives: an open connection that owes at
+    /// least the high-water mark is not read (its peer's bytes wait in the kernel, and
+    /// TCP slows the peer down) until it owes at most the low-water mark again — and
+    /// then, its readable flag having been kept, it is read at once.
+    pub(crate) fn next_step(&mut self, key: usize, stats: &mut Stats) -> Step {
+        let e = &mut self.entries[key];
+        let ready = e.conn.readiness();
+        let owes = e.conn.owes();
+        match e.phase {
+            Phase::Closed => return Step::Wait,
+            // Older output first.
+            _ if owes && ready.writable() => return Step::Flush,
+            Phase::Closing if owes => return Step::Wait,
+            Phase::Closing => return Step::Shutdown,
+            Phase::Lingering if ready.readable() => return Step::Read,
+            Phase::Lingering => return Step::Wait,
+            Phase::Open => {}
+        }
+        let queued = e.conn.queued(&self.outboxes);
+        if e.flags.has(Flags::PAUSED) && queued <= self.limits.low_water {
+            e.flags.set(Flags::PAUSED, false);
+            stats.backpressure_resumes += 1;
+            trace!("conn {}: resume reading, {queued} bytes unsent", e.seq);
+        }
+        if ready.readable() && !e.flags.has(Flags::PAUSED | Flags::PEER_EOF) {
+            if queued < self.limits.high_water {
+                return Step::Read;
+            }
+            e.flags.set(Flags::PAUSED, true);
+            stats.backpressure_pauses += 1;
+            trace!("conn {}: pause reading, {queued} bytes unsent", e.seq);
+        }
+        if e.flags.has(Flags::WANTS_WRITABLE) && !owes && ready.writable() {
+            return Step::Produce;
+        }
+        Step::Wait
+    }
+
+    /// Reads once into `buf` (see [`Connection::read`]). Traffic on an open
+    /// connection touches its idle timer; a read that completed a TLS handshake moves
+    /// it from the handshake deadline to the idle timer.
+    pub(crate) fn read(&mut self, key: usize, buf: &mut [u8], stats: &mut Stats) -> Input {
+        let e = &mut self.entries[key];
+        let input = e.conn.read(buf, stats);
+        let open = e.phase == Phase::Open;
+        if let Some(what) = e.conn.take_established() {
+            stats.tls_handshakes += 1;
+            debug!("conn {}: TLS established: {what}", e.seq);
+            if e.flags.timer() == Some(Timer::Handshake) {
+                self.stop_timer(key);
+                self.start_timer(key, self.limits.idle_ms.map(|_| Timer::Idle));
+            }
+        }
+        if open && matches!(input, Input::Data(_)) {
+            self.touch(key);
+        }
+        input
+    }
+
+    /// `sendall` for a service (see [`Connection::send`]), with the per-connection
+    /// limit: a connection that owes more than `max_outbuf` is a slow consumer — a
+    /// receiver of output it did not ask for (a fan-out) that reads too slowly — and is
+    /// closed rather than buffered for without bound. Writes to a closed connection
+    /// are dropped.
+    pub(crate) fn send(&mut self, key: usize, parts: &[&[u8]], stats: &mut Stats) {
+        let e = &mut self.entries[key];
+        if !matches!(e.phase, Phase::Open | Phase::Closing) {
+            return;
+        }
+        match e.conn.send(parts, &mut self.outboxes, stats) {
+            Ok(written) => {
+                let queued = e.conn.queued(&self.outboxes);
+                if queued > self.limits.max_outbuf {
+                    let limit = self.limits.max_outbuf;
+                    self.close_asap(key, Reason::SlowConsumer { queued, limit });
+                    return;
+                }
+                if written > 0 {
+                    self.touch(key);
+                }
+                if self.outboxes.total() > self.limits.max_outbuf_total {
+                    self.over_total = true;
+                }
+            }
+            Err(fault) => self.close_asap(key, fault.into()),
+        }
+    }
+
+    /// Writes what the connection owes (the [`Step::Flush`] step).
+    pub(crate) fn flush(&mut self, key: usize, stats: &mut Stats) {
+        match self.entries[key].conn.flush(&mut self.outboxes, stats) {
+            Ok(0) => {}
+            Ok(_) => self.touch(key),
+            Err(fault) => self.close_asap(key, fault.into()),
+        }
+    }
+
+    /// Shuts down the write side of a closing connection that owes nothing (the
+    /// [`Step::Shutdown`] step). If the peer's end of file was read, nothing unread
+    /// remains and the connection is done; else it lingers, discarding input, so
+    /// that its close cannot turn into a reset that destroys the last bytes in flight.
+    pub(crate) fn shutdown(&mut self, key: usize, stats: &mut Stats) {
+        let e = &mut self.entries[key];
+        match e.conn.shutdown_write(stats) {
+            // TLS: close_notify waits for room in the socket; a writable event
+            // flushes it and the next step comes back here.
+            Ok(false) => {}
+            Ok(true) if e.flags.has(Flags::PEER_EOF) => self.close_asap(key, Reason::PeerClosed),
+            Ok(true) => {
+                trace!("conn {}: write side shut, lingering", e.seq);
+                e.phase = Phase::Lingering;
+                self.stop_timer(key);
+                self.start_timer(key, Some(Timer::Linger));
+            }
+            Err(fault) => self.close_asap(key, fault.into()),
+        }
+    }
+
+    /// The peer's end of file was read: no more input will come.
+    pub(crate) fn set_peer_eof(&mut self, key: usize) {
+        self.entries[key].flags.set(Flags::PEER_EOF, true);
+    }
+
+    /// True once the peer's end of file was read.
+    pub(crate) fn peer_eof(&self, key: usize) -> bool {
+        self.entries[key].flags.has(Flags::PEER_EOF)
+    }
+
+    /// Asks for one [`Service::writable`](crate::Service::writable) call.
+    pub(crate) fn want_writable(&mut self, key: usize) {
+        self.entries[key].flags.set(Flags::WANTS_WRITABLE, true);
+    }
+
+    /// The [`Step::Produce`] step is being taken: the request is used up (the service
+    /// asks again if it wants another call).
+    pub(crate) fn take_writable_request(&mut self, key: usize) {
+        self.entries[key].flags.set(Flags::WANTS_WRITABLE, false);
+    }
+
+    /// Finishes an open connection: no more input is served, what is owed is still
+    /// written, then its write side is shut down.
+    pub(crate) fn close(&mut self, key: usize) {
+        let e = &mut self.entries[key];
+        if e.phase == Phase::Open {
+            e.phase = Phase::Closing;
+        }
+    }
+
+    /// Ends a connection: its output is dropped now, and it is removed as soon as the
+    /// current callback returns (see the module docs).
+    pub(crate) fn close_asap(&mut self, key: usize, reason: Reason) {
+        let e = &mut self.entries[key];
+        if e.phase == Phase::Closed {
+            return;
+        }
+        e.phase = Phase::Closed;
+        e.conn.drop_output(&mut self.outboxes);
+        self.closing.push((key, e.seq, reason));
+    }
+
+    /// The next connection to remove and why: one closed as soon as possible, or, when
+    /// the output of all connections passed its limit, the one that owes the most.
+    pub(crate) fn take_closed(&mut self) -> Option<(usize, Reason)> {
+        if self.over_total {
+            self.over_total = false;
+            self.evict();
+        }
+        while let Some((key, seq, reason)) = self.closing.pop() {
+            if self.entries.get(key).is_some_and(|e| e.seq == seq) {
+                return Some((key, reason));
+            }
+        }
+        None
+    }
+
+    /// Closes the connections that owe the most until the output of all of them is a
+    /// tenth below the total limit (so that the next line of a fan-out does not
+    /// trigger it again at once). Redis 7's `maxmemory-clients` is the model: a
+    /// ceiling for the sum, not only for each.
+    fn evict(&mut self) {
+        let limit = self.limits.max_outbuf_total;
+        let target = limit - limit / 10;
+        if self.outboxes.total() <= limit {
+            return;
+        }
+        let mut biggest: Vec<(usize, usize)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.phase != Phase::Closed)
+            .map(|(k, e)| (e.conn.queued(&self.outboxes), k))
+            .filter(|&(q, _)| q > 0)
+            .collect();
+        biggest.sort_unstable_by(|a, b| b.cmp(a));
+        for (queued, key) in biggest {
+            let total = self.outboxes.total();
+            if total <= target {
+                break;
+            }
+            let peer = self
+                .peer_addr(key)
+                .map_or_else(|_| "an unknown peer".to_string(), |p| p.to_string());
+            let reason = Reason::Evicted {
+                queued,
+                total,
+                limit,
+            };
+            warn!("conn {} from {peer}: closing, {reason}", self.entries[key].seq);
+            self.close_asap(key, reason);
+        }
+    }
+
+    /// Removes a connection (its socket closes when the entry is dropped, which also
+    /// takes it out of the poll set).
+    pub(crate) fn remove(&mut self, key: usize) -> (ConnId, Connection) {
+        self.stop_timer(key);
+        let id = self.id(key);
+        let mut e = self.entries.remove(key);
+        e.conn.drop_output(&mut self.outboxes);
+        (id, e.conn)
+    }
+
+    /// A connection whose deadline has passed, and which deadline it was.
+    pub(crate) fn expired(&mut self) -> Option<(usize, Reason)> {
+        let now = self.now_ms;
+        for (t, reason) in [
+            (Timer::Idle, Reason::IdleTimeout),
+            (Timer::Linger, Reason::LingerOver),
+            (Timer::Handshake, Reason::HandshakeTimeout),
+        ] {
+            if let Some(key) = self.timers[t as usize].expired(now, &self.entries) {
+                return Some((key, reason));
+            }
+        }
+        None
+    }
+
+    /// The earliest deadline, in milliseconds of the loop's clock.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        self.timers
+            .iter()
+            .filter_map(|d| d.next_deadline(&self.entries))
+            .min()
+    }
+
+    /// Bytes of output chunks freed since the last call (see `outbox.rs`).
+    pub(crate) fn take_freed(&mut self) -> usize {
+        self.outboxes.take_freed()
+    }
+
+    /// Bytes queued for all connections, and bytes of chunks held (queued or spare).
+    pub(crate) fn output_memory(&self) -> (usize, usize) {
+        (self.outboxes.total(), self.outboxes.held())
+    }
+
+    /// Records traffic on a connection for its idle timer.
+    fn touch(&mut self, key: usize) {
+        let e = &self.entries[key];
+        if e.flags.timer() == Some(Timer::Idle)
+            && self.now_ms >= e.links.stamp + TOUCH_GRANULARITY_MS
+        {
+            let idle = &mut self.timers[Timer::Idle as usize];
+            idle.unlink(key, &mut self.entries);
+            idle.push(key, self.now_ms, &mut self.entries);
+        }
+    }
+
+    fn start_timer(&mut self, key: usize, timer: Option<Timer>) {
+        if let Some(t) = timer {
+            debug_assert!(self.entries[key].flags.timer().is_none());
+            self.timers[t as usize].push(key, self.now_ms, &mut self.entries);
+            self.entries[key].flags.set_timer(Some(t));
+        }
+    }
+
+    fn stop_timer(&mut self, key: usize) {
+        if let Some(t) = self.entries[key].flags.timer() {
+            self.timers[t as usize].unlink(key, &mut self.entries);
+            self.entries[key].flags.set_timer(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle connection costs the table; the figure the module docs give.
+    #[test]
+    fn an_entry_is_small() {
+        assert_eq!(std::mem::size_of::<Entry>(), 48);
+    }
+}
