@@ -235,6 +235,7 @@ pub mod bench;
 pub mod buffer;
 mod builder;
 pub mod client;
+mod config;
 mod conn;
 mod datagram;
 pub mod endpoint;
@@ -250,7 +251,8 @@ mod token;
 mod transport;
 mod workers;
 
-pub use builder::{Builder, Config, ListenOptions};
+pub use builder::{Builder, ListenOptions};
+pub use config::{Config, READ_BUFFER};
 pub use endpoint::{Endpoint, Url};
 pub use event_loop::{EventLoop, Handle};
 pub use listener::StdSocket;

@@ -83,7 +83,7 @@ use crate::token::{self, Target};
 
 /// Size of the loop-wide read buffer. Large enough that one read usually empties the
 /// kernel queue of a busy connection, small enough to stay in cache.
-const SCRATCH_SIZE: usize = 64 * 1024;
+const SCRATCH_SIZE: usize = crate::config::READ_BUFFER;
 
 /// How many readiness events one `poll` call can return.
 const EVENTS_CAPACITY: usize = 1024;
