@@ -179,8 +179,10 @@ impl Builder {
     /// Binds every listener and makes the loop. Nothing is served until it runs.
     ///
     /// Errors name the address that failed (`cannot bind tcp://127.0.0.1:5001: Address
-    /// already in use`); listeners bound before the failure are closed again.
+    /// already in use`); listeners bound before the failure are closed again. Limits
+    /// that do not fit together ([`Config::validate`]) are refused before any binding.
     pub fn build<S: Service>(self, service: S) -> io::Result<EventLoop<S>> {
+        self.config.validate()?;
         if self.listen.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -230,6 +232,7 @@ impl Builder {
         S: Service,
         F: FnMut(usize) -> S,
     {
+        self.config.validate()?;
         let n = n.max(1);
         if n > 1 {
             self.config.reuse_port = true;

@@ -3,6 +3,7 @@
 //! They live apart from the builder so that the loop, which the builder makes, can read
 //! them without depending on it.
 
+use std::io;
 use std::time::Duration;
 
 /// Size of the loop's read buffer, in bytes. Every read of a connection or a datagram
@@ -79,6 +80,157 @@ impl Default for Config {
             datagram_budget: 128,
             reply_queue_max: 1024,
             reply_queue_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that the limits fit together; the builder calls it before binding anything.
+    ///
+    /// Refused, with an [`InvalidInput`](io::ErrorKind::InvalidInput) error of one line:
+    /// - `max_outbuf` below `high_water` + [`READ_BUFFER`]. Reading pauses only once the
+    ///   unsent output has reached `high_water`, and the read just before that check can
+    ///   add a whole read buffer of output (echo sends back all it read). A lower limit
+    ///   closes an ordinary slow reader as a slow consumer before backpressure can pause
+    ///   it.
+    /// - `high_water` of 0, which pauses every connection before its first read, and
+    ///   `low_water` above `high_water`, which resumes a paused connection before its
+    ///   queue has drained at all.
+    /// - a `read_budget`, `accept_budget` or `datagram_budget` of 0, which would stop
+    ///   that reading or accepting for good.
+    /// - a `reply_queue_max` of 0, which would drop every reply that a datagram socket
+    ///   cannot take at once.
+    pub fn validate(&self) -> io::Result<()> {
+        let invalid = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        if self.high_water == 0 {
+            return invalid("high_water must be at least 1 byte".to_string());
+        }
+        if self.low_water > self.high_water {
+            return invalid(format!(
+                "low_water ({} bytes) must not be above high_water ({} bytes)",
+                self.low_water, self.high_water
+            ));
+        }
+        let min = self.high_water.saturating_add(READ_BUFFER);
+        if self.max_outbuf < min {
+            return invalid(format!(
+                "max_outbuf of {} bytes is below the minimum of {min} bytes: one read can \
+                 queue a whole read buffer ({READ_BUFFER} bytes) of output before reading \
+                 pauses at high_water ({} bytes), so a lower limit would close an ordinary \
+                 slow reader as a slow consumer",
+                self.max_outbuf, self.high_water
+            ));
+        }
+        for (name, budget) in [
+            ("read_budget", self.read_budget),
+            ("accept_budget", self.accept_budget),
+            ("datagram_budget", self.datagram_budget),
+        ] {
+            if budget == 0 {
+                return invalid(format!("{name} must be at least 1"));
+            }
+        }
+        if self.reply_queue_max == 0 {
+            return invalid("reply_queue_max must be at least 1".to_string());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message of `config`'s validation error; panics if it validates.
+    fn refusal(config: &Config) -> String {
+        let e = config.validate().expect_err("an invalid config");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let msg = e.to_string();
+        assert!(!msg.contains('\n'), "more than one line: {msg}");
+        msg
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        Config::default().validate().expect("the defaults validate");
+    }
+
+    #[test]
+    fn max_outbuf_must_hold_high_water_and_one_read() {
+        let mut c = Config::default();
+        let min = c.high_water + READ_BUFFER;
+        c.max_outbuf = min;
+        c.validate().expect("the minimum itself is allowed");
+        c.max_outbuf = min - 1;
+        let msg = refusal(&c);
+        assert!(msg.contains("max_outbuf"), "{msg}");
+        assert!(msg.contains(&format!("{min} bytes")), "{msg}");
+    }
+
+    #[test]
+    fn the_minimum_follows_high_water() {
+        let c = Config {
+            high_water: 1,
+            low_water: 0,
+            max_outbuf: 1 + READ_BUFFER,
+            ..Config::default()
+        };
+        c.validate()
+            .expect("a low high-water mark allows a low limit");
+    }
+
+    #[test]
+    fn water_marks_must_be_ordered_and_nonzero() {
+        let mut c = Config::default();
+        c.low_water = c.high_water;
+        c.validate().expect("equal marks are allowed");
+        c.low_water = c.high_water + 1;
+        assert!(refusal(&c).contains("low_water"));
+
+        let c = Config {
+            high_water: 0,
+            low_water: 0,
+            ..Config::default()
+        };
+        assert!(refusal(&c).contains("high_water"));
+    }
+
+    #[test]
+    fn the_builder_refuses_before_binding() {
+        let path =
+            std::env::temp_dir().join(format!("sockloop-config-{}.sock", std::process::id()));
+        let c = Config {
+            max_outbuf: 1,
+            ..Config::default()
+        };
+        for workers in [None, Some(2)] {
+            let builder = crate::Builder::new()
+                .listen(crate::Endpoint::Unix(path.clone()))
+                .config(c.clone());
+            let e = match workers {
+                None => builder.build(crate::services::Echo).err(),
+                Some(n) => builder.build_workers(n, |_| crate::services::Echo).err(),
+            }
+            .expect("an invalid config is refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(!path.exists(), "the socket was bound");
+        }
+    }
+
+    #[test]
+    fn budgets_and_the_reply_queue_must_be_nonzero() {
+        let with = |change: fn(&mut Config)| {
+            let mut c = Config::default();
+            change(&mut c);
+            c
+        };
+        for (name, c) in [
+            ("read_budget", with(|c| c.read_budget = 0)),
+            ("accept_budget", with(|c| c.accept_budget = 0)),
+            ("datagram_budget", with(|c| c.datagram_budget = 0)),
+            ("reply_queue_max", with(|c| c.reply_queue_max = 0)),
+        ] {
+            assert!(refusal(&c).contains(name), "{name}");
         }
     }
 }
