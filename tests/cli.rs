@@ -99,6 +99,26 @@ fn bad_command_lines_exit_2_before_binding() {
 }
 
 #[test]
+fn a_numeric_host_that_is_no_ipv4_address_is_a_usage_error() {
+    // A Unix listener before the bad one shows whether anything was bound.
+    let dir = util::TempDir::new();
+    let sock = dir.join("first.sock");
+    let first = format!("unix:{}", sock.display());
+    let err = util::expect_failure(
+        &["serve", "--listen", &first, "--listen", "tcp://999.1.1.1:5"],
+        2,
+        "not an IPv4 address",
+    );
+    assert!(err.contains("999.1.1.1"), "{err}");
+    assert!(
+        !sock.exists(),
+        "a listener was bound before the usage error"
+    );
+
+    util::expect_failure(&["send", "tcp://1.2.3:5", "x"], 2, "not an IPv4 address");
+}
+
+#[test]
 fn an_address_in_use_exits_1_naming_it() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("tcp://{}", taken.local_addr().unwrap());
