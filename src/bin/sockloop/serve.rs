@@ -1,0 +1,262 @@
+//! `sockloop serve`: the server. Its options, the checks of its listener URLs, and
+//! the start-up that prints the ready lines and runs the loops.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use log::{error, info};
+
+use sockloop::services::{DEFAULT_MAX_LINE, Mode, Modes};
+use sockloop::{Builder, Endpoint, ListenOptions, Url, sys, tls};
+
+use crate::parse_secs;
+
+/// The listeners used when no `--listen` is given: loopback only, binding to all
+/// interfaces is an explicit choice.
+const DEFAULT_LISTEN: &[&str] = &["tcp://127.0.0.1:5001", "udp://127.0.0.1:5001"];
+
+/// The options of `sockloop serve`.
+#[derive(Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on, repeatable: tcp://HOST:PORT, tls://HOST:PORT,
+    /// udp://HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port), unix:PATH,
+    /// unixgram:PATH.
+    /// `?mode=MODE` overrides --mode for this listener; `?perm=0660` sets a Unix
+    /// socket file's permissions. Default: tcp://127.0.0.1:5001 and udp://127.0.0.1:5001.
+    #[arg(long = "listen", value_name = "URL", value_parser = parse_listen_url)]
+    listen: Vec<Url>,
+
+    /// The service: echo (RFC 862), line (echo each complete line; on datagram
+    /// sockets, each datagram is one line), chat (each line to every other client, as
+    /// `<ID> LINE`), discard (RFC 863) or chargen (RFC 864).
+    #[arg(long, value_name = "MODE", default_value = "echo", value_parser = parse_mode)]
+    mode: Mode,
+
+    /// Most concurrent stream connections; past it a new one is accepted and closed at
+    /// once (line and chat mode first send `ERR server full`). With --workers, each
+    /// worker takes an equal share. Default: the descriptor limit less 32.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_conns: Option<u64>,
+
+    /// Longest line in line and chat mode, terminator included.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_line: u64,
+
+    /// Close a connection with no traffic either way for this long; 0 = never.
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
+    idle_timeout: Duration,
+
+    /// A connection whose unsent output passes this is a slow consumer and is closed
+    /// (a chat client that does not read what the others say).
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_outbuf: u64,
+
+    /// On SIGINT/SIGTERM, wait at most this long for connections to drain.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    shutdown_timeout: Duration,
+
+    /// PEM certificate chain for tls:// listeners.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: require client certificates signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Close a TLS connection whose handshake has not completed this long after accept.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    handshake_timeout: Duration,
+
+    /// Answer datagrams from source port 0 and the classic service ports (7, 13, 19,
+    /// 37), which are dropped by default so that two servers cannot be made to bounce
+    /// a datagram between them forever.
+    #[arg(long)]
+    allow_service_ports: bool,
+
+    /// Independent loops on N threads, each with its own SO_REUSEPORT sockets; the
+    /// kernel spreads connections and datagrams over them.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    workers: u64,
+}
+
+/// Query keys a listener URL may carry.
+const LISTEN_PARAMS: &[&str] = &["mode", "perm"];
+
+fn parse_listen_url(s: &str) -> Result<Url, String> {
+    let url: Url = s.parse().map_err(|e| format!("{e}"))?;
+    for (k, v) in &url.query {
+        if !LISTEN_PARAMS.contains(&k.as_str()) {
+            return Err(format!(
+                "unknown parameter '{k}' in '{s}' (known: {})",
+                LISTEN_PARAMS.join(", ")
+            ));
+        }
+        if k == "mode" {
+            v.parse::<Mode>()?;
+        }
+        if k == "perm" {
+            if url.endpoint.path().is_none() {
+                return Err(format!(
+                    "'{s}': perm= applies to unix: and unixgram: sockets only"
+                ));
+            }
+            parse_perm(v)?;
+        }
+    }
+    Ok(url)
+}
+
+/// Octal permission bits, as `chmod` takes them: `0660` or `660`.
+fn parse_perm(v: &str) -> Result<u32, String> {
+    u32::from_str_radix(v, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("perm={v}: expected octal permission bits such as 0660"))
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+/// Serves until a signal ends it; the exit code as the module says.
+pub(crate) fn run(args: ServeArgs) -> ExitCode {
+    let nofile = match sys::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            error!("cannot read the descriptor limit: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listen = if args.listen.is_empty() {
+        DEFAULT_LISTEN
+            .iter()
+            .map(|u| u.parse::<Url>().expect("the default listen URLs parse"))
+            .collect()
+    } else {
+        args.listen
+    };
+    // Certificates are read before anything is bound: a bad file is a usage error.
+    let wants_tls = listen
+        .iter()
+        .any(|u| matches!(u.endpoint, Endpoint::Tls(_)));
+    let tls_config = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            match tls::server_config(cert, key, args.tls_client_ca.as_deref()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("sockloop: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ if wants_tls => {
+            eprintln!("sockloop: tls:// listeners need --tls-cert FILE and --tls-key FILE");
+            return ExitCode::from(2);
+        }
+        _ => None,
+    };
+    if tls_config.is_some() && !wants_tls {
+        log::warn!("--tls-cert given but no tls:// listener: it is not used");
+    }
+    let mut service = Modes::new(args.mode).max_line(args.max_line as usize);
+    let mut builder = Builder::new()
+        .idle_timeout(args.idle_timeout)
+        .max_outbuf(args.max_outbuf as usize)
+        .shutdown_timeout(args.shutdown_timeout)
+        .handshake_timeout(args.handshake_timeout)
+        .handle_signals(true)
+        .allow_service_ports(args.allow_service_ports)
+        .max_conns(
+            // The limit is the server's: workers share the process's descriptors.
+            (args
+                .max_conns
+                .map(|n| n as usize)
+                .unwrap_or_else(|| sys::default_max_conns(nofile))
+                / args.workers as usize)
+                .max(1),
+        );
+    if let Some(config) = tls_config {
+        builder = builder.tls(config);
+    }
+    for (i, url) in listen.iter().enumerate() {
+        if let Some(mode) = url.param("mode") {
+            match mode.parse() {
+                Ok(m) => service = service.set(i, m),
+                Err(e) => {
+                    eprintln!("sockloop: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        let mut options = ListenOptions::default();
+        if let Some(perm) = url.param("perm") {
+            match parse_perm(perm) {
+                Ok(m) => options = options.unix_perm(m),
+                Err(e) => {
+                    eprintln!("sockloop: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        builder = builder.listen_with(url.endpoint.clone(), options);
+    }
+
+    let workers = args.workers as usize;
+    if workers > 1 && service.uses(Mode::Chat, listen.len()) {
+        eprintln!(
+            "sockloop: chat relays between the clients of one loop; it cannot run with \
+             --workers {workers} (clients of different workers would not hear each other)"
+        );
+        return ExitCode::from(2);
+    }
+    let server = match builder.build_workers(workers, |_| service.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(1);
+        }
+    };
+
+    // The ready lines: one per --listen, in order, with the real bound address.
+    let mut out = io::stdout().lock();
+    for ep in server.local_addrs() {
+        let _ = writeln!(out, "listening {ep}");
+    }
+    if let Err(e) = out.flush() {
+        error!("cannot write the ready lines to stdout: {e}");
+    }
+    drop(out);
+    let on = if workers > 1 {
+        format!(" on {workers} workers")
+    } else {
+        String::new()
+    };
+    info!(
+        "serving {} on {} listener(s){on}, at most {} connections{} (descriptor limit {nofile})",
+        args.mode,
+        listen.len(),
+        server.max_conns(),
+        if workers > 1 { " per worker" } else { "" },
+    );
+
+    match server.run() {
+        Ok(stats) => {
+            info!("stats {stats}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("event loop failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
