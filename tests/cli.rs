@@ -224,6 +224,25 @@ fn help_lists_the_serve_options() {
     ] {
         assert!(help.contains(opt), "help lacks {opt}");
     }
+    // The defaults shown are the library's.
+    let config = sockloop::Config::default();
+    for (opt, default) in [
+        ("--max-outbuf", config.max_outbuf.to_string()),
+        (
+            "--shutdown-timeout",
+            config.shutdown_timeout.as_secs().to_string(),
+        ),
+        (
+            "--handshake-timeout",
+            config.handshake_timeout.as_secs().to_string(),
+        ),
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(opt))
+            .unwrap_or_else(|| panic!("no {opt} line in {help}"));
+        assert!(line.contains(&format!("[default: {default}]")), "{line}");
+    }
 }
 
 #[test]

@@ -12,7 +12,9 @@ mod client_tls;
 mod send;
 mod serve;
 
+use std::fmt;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +52,25 @@ pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is not a valid duration"))
 }
 
+/// A duration option whose default is a [`Duration`] taken from the library: clap
+/// shows a default through `Display`, and it must read back as the option's value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Secs(pub(crate) Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
+impl FromStr for Secs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_secs(s).map(Secs)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -57,5 +78,24 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Send(args) => send::run(args),
         Command::Bench(args) => bench::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secs_shown_as_a_default_read_back_as_the_same_duration() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_secs(5),
+            Duration::from_millis(1500),
+            Duration::from_millis(100),
+        ] {
+            let shown = Secs(d).to_string();
+            assert_eq!(shown.parse::<Secs>(), Ok(Secs(d)), "{shown}");
+        }
+        assert_eq!(Secs(Duration::from_secs(10)).to_string(), "10");
     }
 }

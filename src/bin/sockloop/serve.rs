@@ -4,15 +4,14 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Args;
 use log::{error, info};
 
 use sockloop::services::{DEFAULT_MAX_LINE, Mode, Modes};
-use sockloop::{Builder, Endpoint, ListenOptions, Url, sys, tls};
+use sockloop::{Builder, Config, Endpoint, ListenOptions, Url, sys, tls};
 
-use crate::parse_secs;
+use crate::Secs;
 
 /// The listeners used when no `--listen` is given: loopback only, binding to all
 /// interfaces is an explicit choice.
@@ -47,18 +46,19 @@ pub(crate) struct ServeArgs {
     max_line: u64,
 
     /// Close a connection with no traffic either way for this long; 0 = never.
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_secs)]
-    idle_timeout: Duration,
+    #[arg(long, value_name = "SECS",
+          default_value_t = Secs(Config::default().idle_timeout.unwrap_or_default()))]
+    idle_timeout: Secs,
 
     /// A connection whose unsent output passes this is a slow consumer and is closed
     /// (a chat client that does not read what the others say).
-    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024,
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_outbuf as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_outbuf: u64,
 
     /// On SIGINT/SIGTERM, wait at most this long for connections to drain.
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
-    shutdown_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().shutdown_timeout))]
+    shutdown_timeout: Secs,
 
     /// PEM certificate chain for tls:// listeners.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -73,8 +73,8 @@ pub(crate) struct ServeArgs {
     tls_client_ca: Option<PathBuf>,
 
     /// Close a TLS connection whose handshake has not completed this long after accept.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
-    handshake_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().handshake_timeout))]
+    handshake_timeout: Secs,
 
     /// Answer datagrams from source port 0 and the classic service ports (7, 13, 19,
     /// 37), which are dropped by default so that two servers cannot be made to bounce
@@ -170,10 +170,10 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     }
     let mut service = Modes::new(args.mode).max_line(args.max_line as usize);
     let mut builder = Builder::new()
-        .idle_timeout(args.idle_timeout)
+        .idle_timeout(args.idle_timeout.0)
         .max_outbuf(args.max_outbuf as usize)
-        .shutdown_timeout(args.shutdown_timeout)
-        .handshake_timeout(args.handshake_timeout)
+        .shutdown_timeout(args.shutdown_timeout.0)
+        .handshake_timeout(args.handshake_timeout.0)
         .handle_signals(true)
         .allow_service_ports(args.allow_service_ports)
         .max_conns(
