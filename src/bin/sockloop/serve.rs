@@ -25,8 +25,8 @@ pub(crate) struct ServeArgs {
     /// unixgram:PATH.
     /// `?mode=MODE` overrides --mode for this listener; `?perm=0660` sets a Unix
     /// socket file's permissions. Default: tcp://127.0.0.1:5001 and udp://127.0.0.1:5001.
-    #[arg(long = "listen", value_name = "URL", value_parser = parse_listen_url)]
-    listen: Vec<Url>,
+    #[arg(long = "listen", value_name = "URL", value_parser = parse_listen)]
+    listen: Vec<ListenArg>,
 
     /// The service: echo (RFC 862), line (echo each complete line; on datagram
     /// sockets, each datagram is one line), chat (each line to every other client, as
@@ -92,28 +92,50 @@ pub(crate) struct ServeArgs {
 /// Query keys a listener URL may carry.
 const LISTEN_PARAMS: &[&str] = &["mode", "perm"];
 
-fn parse_listen_url(s: &str) -> Result<Url, String> {
+/// One `--listen` URL with its query read: what the server needs to know of it.
+#[derive(Clone, Debug)]
+pub(crate) struct ListenArg {
+    endpoint: Endpoint,
+    /// `?mode=`: this listener's service in place of `--mode`.
+    mode: Option<Mode>,
+    /// `?perm=`: the permission bits of a Unix socket file.
+    perm: Option<u32>,
+}
+
+/// Parses a `--listen` URL and its query once, so that a bad parameter is a usage
+/// error before anything is bound. A key given twice is checked both times, and the
+/// first one counts.
+fn parse_listen(s: &str) -> Result<ListenArg, String> {
     let url: Url = s.parse().map_err(|e| format!("{e}"))?;
+    let mut arg = ListenArg {
+        endpoint: url.endpoint,
+        mode: None,
+        perm: None,
+    };
     for (k, v) in &url.query {
-        if !LISTEN_PARAMS.contains(&k.as_str()) {
-            return Err(format!(
-                "unknown parameter '{k}' in '{s}' (known: {})",
-                LISTEN_PARAMS.join(", ")
-            ));
-        }
-        if k == "mode" {
-            v.parse::<Mode>()?;
-        }
-        if k == "perm" {
-            if url.endpoint.path().is_none() {
+        match k.as_str() {
+            "mode" => {
+                let mode = v.parse::<Mode>()?;
+                arg.mode.get_or_insert(mode);
+            }
+            "perm" => {
+                if arg.endpoint.path().is_none() {
+                    return Err(format!(
+                        "'{s}': perm= applies to unix: and unixgram: sockets only"
+                    ));
+                }
+                let perm = parse_perm(v)?;
+                arg.perm.get_or_insert(perm);
+            }
+            _ => {
                 return Err(format!(
-                    "'{s}': perm= applies to unix: and unixgram: sockets only"
+                    "unknown parameter '{k}' in '{s}' (known: {})",
+                    LISTEN_PARAMS.join(", ")
                 ));
             }
-            parse_perm(v)?;
         }
     }
-    Ok(url)
+    Ok(arg)
 }
 
 /// Octal permission bits, as `chmod` takes them: `0660` or `660`.
@@ -140,7 +162,7 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     let listen = if args.listen.is_empty() {
         DEFAULT_LISTEN
             .iter()
-            .map(|u| u.parse::<Url>().expect("the default listen URLs parse"))
+            .map(|u| parse_listen(u).expect("the default listen URLs parse"))
             .collect()
     } else {
         args.listen
@@ -148,7 +170,7 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     // Certificates are read before anything is bound: a bad file is a usage error.
     let wants_tls = listen
         .iter()
-        .any(|u| matches!(u.endpoint, Endpoint::Tls(_)));
+        .any(|l| matches!(l.endpoint, Endpoint::Tls(_)));
     let tls_config = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             match tls::server_config(cert, key, args.tls_client_ca.as_deref()) {
@@ -188,27 +210,15 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     if let Some(config) = tls_config {
         builder = builder.tls(config);
     }
-    for (i, url) in listen.iter().enumerate() {
-        if let Some(mode) = url.param("mode") {
-            match mode.parse() {
-                Ok(m) => service = service.set(i, m),
-                Err(e) => {
-                    eprintln!("sockloop: {e}");
-                    return ExitCode::from(2);
-                }
-            }
+    for (i, l) in listen.iter().enumerate() {
+        if let Some(mode) = l.mode {
+            service = service.set(i, mode);
         }
         let mut options = ListenOptions::default();
-        if let Some(perm) = url.param("perm") {
-            match parse_perm(perm) {
-                Ok(m) => options = options.unix_perm(m),
-                Err(e) => {
-                    eprintln!("sockloop: {e}");
-                    return ExitCode::from(2);
-                }
-            }
+        if let Some(perm) = l.perm {
+            options = options.unix_perm(perm);
         }
-        builder = builder.listen_with(url.endpoint.clone(), options);
+        builder = builder.listen_with(l.endpoint.clone(), options);
     }
 
     let workers = args.workers as usize;
@@ -258,5 +268,35 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
             error!("event loop failed: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listen_url_is_read_into_its_parts() {
+        let l = parse_listen("unix:/tmp/s.sock?mode=line&perm=660").expect("parses");
+        assert_eq!(l.endpoint, Endpoint::Unix("/tmp/s.sock".into()));
+        assert_eq!(l.mode, Some(Mode::Line));
+        assert_eq!(l.perm, Some(0o660));
+
+        let l = parse_listen("tcp://127.0.0.1:0").expect("parses");
+        assert_eq!((l.mode, l.perm), (None, None));
+    }
+
+    #[test]
+    fn every_repeated_key_is_checked_and_the_first_counts() {
+        let l = parse_listen("udp://127.0.0.1:0?mode=chargen&mode=echo").expect("parses");
+        assert_eq!(l.mode, Some(Mode::Chargen));
+        assert!(parse_listen("udp://127.0.0.1:0?mode=echo&mode=nope").is_err());
+    }
+
+    #[test]
+    fn perm_is_for_unix_sockets_only() {
+        let e = parse_listen("tcp://127.0.0.1:0?perm=0660").expect_err("refused");
+        assert!(e.contains("unix: and unixgram: sockets only"), "{e}");
+        assert!(parse_listen("unixgram:/tmp/d?perm=0600").is_ok());
     }
 }
