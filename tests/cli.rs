@@ -119,6 +119,33 @@ fn a_numeric_host_that_is_no_ipv4_address_is_a_usage_error() {
 }
 
 #[test]
+fn a_max_outbuf_below_the_minimum_is_a_usage_error_naming_it() {
+    let config = sockloop::Config::default();
+    let min = config.high_water + sockloop::READ_BUFFER;
+    let dir = util::TempDir::new();
+    let sock = dir.join("s.sock");
+    let listen = format!("unix:{}", sock.display());
+    for below in [0, 1000, min - 1] {
+        let below = below.to_string();
+        let err = util::expect_failure(
+            &["serve", "--listen", &listen, "--max-outbuf", &below],
+            2,
+            &format!("minimum of {min} bytes"),
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("max_outbuf"), "{err}");
+        assert!(
+            !sock.exists(),
+            "a listener was bound before the usage error"
+        );
+    }
+    // The minimum itself is a working limit.
+    let min = min.to_string();
+    let server = Proc::serve(&["--listen", "tcp://127.0.0.1:0", "--max-outbuf", &min]);
+    assert_eq!(exchange(server.addr(0), b"fits"), b"fits");
+}
+
+#[test]
 fn an_address_in_use_exits_1_naming_it() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("tcp://{}", taken.local_addr().unwrap());

@@ -52,9 +52,9 @@ pub(crate) struct ServeArgs {
 
     /// A connection whose unsent output passes this is a slow consumer and is closed
     /// (a chat client that does not read what the others say).
-    #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_outbuf as u64,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    max_outbuf: u64,
+    // No range here: Config::validate knows the minimum, and says what it is.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_outbuf)]
+    max_outbuf: usize,
 
     /// On SIGINT/SIGTERM, wait at most this long for connections to drain.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().shutdown_timeout))]
@@ -190,25 +190,31 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     if tls_config.is_some() && !wants_tls {
         log::warn!("--tls-cert given but no tls:// listener: it is not used");
     }
+    let mut config = Config::default();
+    config.idle_timeout = Some(args.idle_timeout.0).filter(|d| !d.is_zero());
+    config.max_outbuf = args.max_outbuf;
+    config.shutdown_timeout = args.shutdown_timeout.0;
+    config.handshake_timeout = args.handshake_timeout.0;
+    config.handle_signals = true;
+    config.allow_service_ports = args.allow_service_ports;
+    // The limit is the server's: workers share the process's descriptors.
+    config.max_conns = Some(
+        (args
+            .max_conns
+            .map(|n| n as usize)
+            .unwrap_or_else(|| sys::default_max_conns(nofile))
+            / args.workers as usize)
+            .max(1),
+    );
+    // Limits that do not fit together are a bad command line, refused before binding.
+    if let Err(e) = config.validate() {
+        eprintln!("sockloop: {e}");
+        return ExitCode::from(2);
+    }
     let mut service = Modes::new(args.mode).max_line(args.max_line as usize);
-    let mut builder = Builder::new()
-        .idle_timeout(args.idle_timeout.0)
-        .max_outbuf(args.max_outbuf as usize)
-        .shutdown_timeout(args.shutdown_timeout.0)
-        .handshake_timeout(args.handshake_timeout.0)
-        .handle_signals(true)
-        .allow_service_ports(args.allow_service_ports)
-        .max_conns(
-            // The limit is the server's: workers share the process's descriptors.
-            (args
-                .max_conns
-                .map(|n| n as usize)
-                .unwrap_or_else(|| sys::default_max_conns(nofile))
-                / args.workers as usize)
-                .max(1),
-        );
-    if let Some(config) = tls_config {
-        builder = builder.tls(config);
+    let mut builder = Builder::new().config(config);
+    if let Some(server_tls) = tls_config {
+        builder = builder.tls(server_tls);
     }
     for (i, l) in listen.iter().enumerate() {
         if let Some(mode) = l.mode {
