@@ -298,6 +298,18 @@ fn parse_host_port(s: &str) -> Result<HostPort, String> {
     if host.contains('/') || host.contains(char::is_whitespace) {
         return Err(format!("'{host}' is not a host name"));
     }
+    // RFC 1123 section 2.1: the top-level label of a host name is alphabetic, so a host
+    // of only digits and dots can only be meant as an IPv4 address. Refusing it here
+    // makes a typo a usage error instead of a failed name lookup, and keeps resolvers
+    // from reading forms such as `127.1` or octal `010.0.0.1` their own way.
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && host.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        return Err(format!(
+            "'{host}' is not an IPv4 address (four numbers 0-255, such as 127.0.0.1), \
+             and a host name cannot be only digits and dots"
+        ));
+    }
     let port: u16 = port
         .parse()
         .map_err(|_| format!("'{port}' is not a port number (0-65535)"))?;
@@ -371,6 +383,32 @@ mod tests {
             "tcp://127.0.0.1:1?=x",
         ] {
             assert!(bad.parse::<Url>().is_err(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn a_host_of_digits_and_dots_must_be_an_ipv4_address() {
+        for bad in [
+            "999.1.1.1",
+            "1.2.3",
+            "127.1",
+            "1.2.3.4.5",
+            "010.0.0.1",
+            "1.2.3.4.",
+            "5",
+        ] {
+            let e = format!("tcp://{bad}:5").parse::<Url>().expect_err(bad);
+            assert!(e.to_string().contains("not an IPv4 address"), "{bad}: {e}");
+        }
+        for good in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "1.2.3.example",
+            "3com.com",
+        ] {
+            let u = url(&format!("udp://{good}:5"));
+            assert_eq!(u.endpoint.host_port().map(HostPort::host), Some(good));
         }
     }
 

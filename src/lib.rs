@@ -233,6 +233,7 @@
 
 mod builder;
 pub mod client;
+mod config;
 mod conn;
 pub mod endpoint;
 pub mod event_loop;
@@ -247,7 +248,8 @@ mod token;
 mod transport;
 mod workers;
 
-pub use builder::{Builder, Config, ListenOptions};
+pub use builder::{Builder, ListenOptions};
+pub use config::{Config, READ_BUFFER};
 pub use endpoint::{Endpoint, Url};
 pub use event_loop::{EventLoop, Handle};
 pub use service::{ConnId, Context, DatagramContext, Service};

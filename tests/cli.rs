@@ -99,6 +99,53 @@ fn bad_command_lines_exit_2_before_binding() {
 }
 
 #[test]
+fn a_numeric_host_that_is_no_ipv4_address_is_a_usage_error() {
+    // A Unix listener before the bad one shows whether anything was bound.
+    let dir = util::TempDir::new();
+    let sock = dir.join("first.sock");
+    let first = format!("unix:{}", sock.display());
+    let err = util::expect_failure(
+        &["serve", "--listen", &first, "--listen", "tcp://999.1.1.1:5"],
+        2,
+        "not an IPv4 address",
+    );
+    assert!(err.contains("999.1.1.1"), "{err}");
+    assert!(
+        !sock.exists(),
+        "a listener was bound before the usage error"
+    );
+
+    util::expect_failure(&["send", "tcp://1.2.3:5", "x"], 2, "not an IPv4 address");
+}
+
+#[test]
+fn a_max_outbuf_below_the_minimum_is_a_usage_error_naming_it() {
+    let config = sockloop::Config::default();
+    let min = config.high_water + sockloop::READ_BUFFER;
+    let dir = util::TempDir::new();
+    let sock = dir.join("s.sock");
+    let listen = format!("unix:{}", sock.display());
+    for below in [0, 1000, min - 1] {
+        let below = below.to_string();
+        let err = util::expect_failure(
+            &["serve", "--listen", &listen, "--max-outbuf", &below],
+            2,
+            &format!("minimum of {min} bytes"),
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("max_outbuf"), "{err}");
+        assert!(
+            !sock.exists(),
+            "a listener was bound before the usage error"
+        );
+    }
+    // The minimum itself is a working limit.
+    let min = min.to_string();
+    let server = Proc::serve(&["--listen", "tcp://127.0.0.1:0", "--max-outbuf", &min]);
+    assert_eq!(exchange(server.addr(0), b"fits"), b"fits");
+}
+
+#[test]
 fn an_address_in_use_exits_1_naming_it() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("tcp://{}", taken.local_addr().unwrap());
@@ -203,6 +250,25 @@ fn help_lists_the_serve_options() {
         "--allow-service-ports",
     ] {
         assert!(help.contains(opt), "help lacks {opt}");
+    }
+    // The defaults shown are the library's.
+    let config = sockloop::Config::default();
+    for (opt, default) in [
+        ("--max-outbuf", config.max_outbuf.to_string()),
+        (
+            "--shutdown-timeout",
+            config.shutdown_timeout.as_secs().to_string(),
+        ),
+        (
+            "--handshake-timeout",
+            config.handshake_timeout.as_secs().to_string(),
+        ),
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(opt))
+            .unwrap_or_else(|| panic!("no {opt} line in {help}"));
+        assert!(line.contains(&format!("[default: {default}]")), "{line}");
     }
 }
 

@@ -41,7 +41,7 @@ use accept::ListenerState;
 use handle::Shared;
 use receive::DatagramState;
 
-use crate::builder::Config;
+use crate::config::{Config, READ_BUFFER};
 use crate::conn::{Conns, Limits};
 use crate::endpoint::Endpoint;
 use crate::readiness::Readiness;
@@ -50,10 +50,6 @@ use crate::socket::{Bound, StdSocket};
 use crate::stats::Stats;
 use crate::sys;
 use crate::token::{self, Target};
-
-/// Size of the loop-wide read buffer. Large enough that one read usually empties the
-/// kernel queue of a busy connection, small enough to stay in cache.
-const SCRATCH_SIZE: usize = 64 * 1024;
 
 /// How many readiness events one `poll` call can return.
 const EVENTS_CAPACITY: usize = 1024;
@@ -184,7 +180,7 @@ impl<S: Service> EventLoop<S> {
             conns: Conns::new(limits),
             states: Vec::with_capacity(prealloc),
             service,
-            scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
+            scratch: vec![0u8; READ_BUFFER].into_boxed_slice(),
             arena: Vec::new(),
             #[cfg(any(target_os = "linux", target_os = "android"))]
             outgoing: Vec::new(),

@@ -1,0 +1,308 @@
+//! `sockloop serve`: the server. Its options, the checks of its listener URLs, and
+//! the start-up that prints the ready lines and runs the loops.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use log::{error, info};
+
+use sockloop::services::{DEFAULT_MAX_LINE, Mode, Modes};
+use sockloop::{Builder, Config, Endpoint, ListenOptions, Url, sys, tls};
+
+use crate::Secs;
+
+/// The listeners used when no `--listen` is given: loopback only, binding to all
+/// interfaces is an explicit choice.
+const DEFAULT_LISTEN: &[&str] = &["tcp://127.0.0.1:5001", "udp://127.0.0.1:5001"];
+
+/// The options of `sockloop serve`.
+#[derive(Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on, repeatable: tcp://HOST:PORT, tls://HOST:PORT,
+    /// udp://HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port), unix:PATH,
+    /// unixgram:PATH.
+    /// `?mode=MODE` overrides --mode for this listener; `?perm=0660` sets a Unix
+    /// socket file's permissions. Default: tcp://127.0.0.1:5001 and udp://127.0.0.1:5001.
+    #[arg(long = "listen", value_name = "URL", value_parser = parse_listen)]
+    listen: Vec<ListenArg>,
+
+    /// The service: echo (RFC 862), line (echo each complete line; on datagram
+    /// sockets, each datagram is one line), chat (each line to every other client, as
+    /// `<ID> LINE`), discard (RFC 863) or chargen (RFC 864).
+    #[arg(long, value_name = "MODE", default_value = "echo", value_parser = parse_mode)]
+    mode: Mode,
+
+    /// Most concurrent stream connections; past it a new one is accepted and closed at
+    /// once (line and chat mode first send `ERR server full`). With --workers, each
+    /// worker takes an equal share. Default: the descriptor limit less 32.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_conns: Option<u64>,
+
+    /// Longest line in line and chat mode, terminator included.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_line: u64,
+
+    /// Close a connection with no traffic either way for this long; 0 = never.
+    #[arg(long, value_name = "SECS",
+          default_value_t = Secs(Config::default().idle_timeout.unwrap_or_default()))]
+    idle_timeout: Secs,
+
+    /// A connection whose unsent output passes this is a slow consumer and is closed
+    /// (a chat client that does not read what the others say).
+    // No range here: Config::validate knows the minimum, and says what it is.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_outbuf)]
+    max_outbuf: usize,
+
+    /// On SIGINT/SIGTERM, wait at most this long for connections to drain.
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().shutdown_timeout))]
+    shutdown_timeout: Secs,
+
+    /// PEM certificate chain for tls:// listeners.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: require client certificates signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Close a TLS connection whose handshake has not completed this long after accept.
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().handshake_timeout))]
+    handshake_timeout: Secs,
+
+    /// Answer datagrams from source port 0 and the classic service ports (7, 13, 19,
+    /// 37), which are dropped by default so that two servers cannot be made to bounce
+    /// a datagram between them forever.
+    #[arg(long)]
+    allow_service_ports: bool,
+
+    /// Independent loops on N threads, each with its own SO_REUSEPORT sockets; the
+    /// kernel spreads connections and datagrams over them.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    workers: u64,
+}
+
+/// Query keys a listener URL may carry.
+const LISTEN_PARAMS: &[&str] = &["mode", "perm"];
+
+/// One `--listen` URL with its query read: what the server needs to know of it.
+#[derive(Clone, Debug)]
+pub(crate) struct ListenArg {
+    endpoint: Endpoint,
+    /// `?mode=`: this listener's service in place of `--mode`.
+    mode: Option<Mode>,
+    /// `?perm=`: the permission bits of a Unix socket file.
+    perm: Option<u32>,
+}
+
+/// Parses a `--listen` URL and its query once, so that a bad parameter is a usage
+/// error before anything is bound. A key given twice is checked both times, and the
+/// first one counts.
+fn parse_listen(s: &str) -> Result<ListenArg, String> {
+    let url: Url = s.parse().map_err(|e| format!("{e}"))?;
+    let mut arg = ListenArg {
+        endpoint: url.endpoint,
+        mode: None,
+        perm: None,
+    };
+    for (k, v) in &url.query {
+        match k.as_str() {
+            "mode" => {
+                let mode = v.parse::<Mode>()?;
+                arg.mode.get_or_insert(mode);
+            }
+            "perm" => {
+                if arg.endpoint.path().is_none() {
+                    return Err(format!(
+                        "'{s}': perm= applies to unix: and unixgram: sockets only"
+                    ));
+                }
+                let perm = parse_perm(v)?;
+                arg.perm.get_or_insert(perm);
+            }
+            _ => {
+                return Err(format!(
+                    "unknown parameter '{k}' in '{s}' (known: {})",
+                    LISTEN_PARAMS.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(arg)
+}
+
+/// Octal permission bits, as `chmod` takes them: `0660` or `660`.
+fn parse_perm(v: &str) -> Result<u32, String> {
+    u32::from_str_radix(v, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("perm={v}: expected octal permission bits such as 0660"))
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+/// Serves until a signal ends it; the exit code as the module says.
+pub(crate) fn run(args: ServeArgs) -> ExitCode {
+    let nofile = match sys::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            error!("cannot read the descriptor limit: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listen = if args.listen.is_empty() {
+        DEFAULT_LISTEN
+            .iter()
+            .map(|u| parse_listen(u).expect("the default listen URLs parse"))
+            .collect()
+    } else {
+        args.listen
+    };
+    // Certificates are read before anything is bound: a bad file is a usage error.
+    let wants_tls = listen
+        .iter()
+        .any(|l| matches!(l.endpoint, Endpoint::Tls(_)));
+    let tls_config = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            match tls::server_config(cert, key, args.tls_client_ca.as_deref()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("sockloop: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ if wants_tls => {
+            eprintln!("sockloop: tls:// listeners need --tls-cert FILE and --tls-key FILE");
+            return ExitCode::from(2);
+        }
+        _ => None,
+    };
+    if tls_config.is_some() && !wants_tls {
+        log::warn!("--tls-cert given but no tls:// listener: it is not used");
+    }
+    let mut config = Config::default();
+    config.idle_timeout = Some(args.idle_timeout.0).filter(|d| !d.is_zero());
+    config.max_outbuf = args.max_outbuf;
+    config.shutdown_timeout = args.shutdown_timeout.0;
+    config.handshake_timeout = args.handshake_timeout.0;
+    config.handle_signals = true;
+    config.allow_service_ports = args.allow_service_ports;
+    // The limit is the server's: workers share the process's descriptors.
+    config.max_conns = Some(
+        (args
+            .max_conns
+            .map(|n| n as usize)
+            .unwrap_or_else(|| sys::default_max_conns(nofile))
+            / args.workers as usize)
+            .max(1),
+    );
+    // Limits that do not fit together are a bad command line, refused before binding.
+    if let Err(e) = config.validate() {
+        eprintln!("sockloop: {e}");
+        return ExitCode::from(2);
+    }
+    let mut service = Modes::new(args.mode).max_line(args.max_line as usize);
+    let mut builder = Builder::new().config(config);
+    if let Some(server_tls) = tls_config {
+        builder = builder.tls(server_tls);
+    }
+    for (i, l) in listen.iter().enumerate() {
+        if let Some(mode) = l.mode {
+            service = service.set(i, mode);
+        }
+        let mut options = ListenOptions::default();
+        if let Some(perm) = l.perm {
+            options = options.unix_perm(perm);
+        }
+        builder = builder.listen_with(l.endpoint.clone(), options);
+    }
+
+    let workers = args.workers as usize;
+    if workers > 1 && service.uses(Mode::Chat, listen.len()) {
+        eprintln!(
+            "sockloop: chat relays between the clients of one loop; it cannot run with \
+             --workers {workers} (clients of different workers would not hear each other)"
+        );
+        return ExitCode::from(2);
+    }
+    let server = match builder.build_workers(workers, |_| service.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(1);
+        }
+    };
+
+    // The ready lines: one per --listen, in order, with the real bound address.
+    let mut out = io::stdout().lock();
+    for ep in server.local_addrs() {
+        let _ = writeln!(out, "listening {ep}");
+    }
+    if let Err(e) = out.flush() {
+        error!("cannot write the ready lines to stdout: {e}");
+    }
+    drop(out);
+    let on = if workers > 1 {
+        format!(" on {workers} workers")
+    } else {
+        String::new()
+    };
+    info!(
+        "serving {} on {} listener(s){on}, at most {} connections{} (descriptor limit {nofile})",
+        args.mode,
+        listen.len(),
+        server.max_conns(),
+        if workers > 1 { " per worker" } else { "" },
+    );
+
+    match server.run() {
+        Ok(stats) => {
+            info!("stats {stats}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("event loop failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listen_url_is_read_into_its_parts() {
+        let l = parse_listen("unix:/tmp/s.sock?mode=line&perm=660").expect("parses");
+        assert_eq!(l.endpoint, Endpoint::Unix("/tmp/s.sock".into()));
+        assert_eq!(l.mode, Some(Mode::Line));
+        assert_eq!(l.perm, Some(0o660));
+
+        let l = parse_listen("tcp://127.0.0.1:0").expect("parses");
+        assert_eq!((l.mode, l.perm), (None, None));
+    }
+
+    #[test]
+    fn every_repeated_key_is_checked_and_the_first_counts() {
+        let l = parse_listen("udp://127.0.0.1:0?mode=chargen&mode=echo").expect("parses");
+        assert_eq!(l.mode, Some(Mode::Chargen));
+        assert!(parse_listen("udp://127.0.0.1:0?mode=echo&mode=nope").is_err());
+    }
+
+    #[test]
+    fn perm_is_for_unix_sockets_only() {
+        let e = parse_listen("tcp://127.0.0.1:0?perm=0660").expect_err("refused");
+        assert!(e.contains("unix: and unixgram: sockets only"), "{e}");
+        assert!(parse_listen("unixgram:/tmp/d?perm=0600").is_ok());
+    }
+}
