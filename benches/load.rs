@@ -31,7 +31,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sockloop::Endpoint;
-use sockloop::bench::{self, BenchConfig, Report};
+use sockloop::client::bench::{self, BenchConfig, Report};
 use sockloop::tls::TlsClient;
 
 #[path = "../tests/util/pki.rs"]

@@ -39,7 +39,7 @@ impl Kv {
 
 impl Service for Kv {
     /// What the connection has sent past its last `\n`.
-    type Conn = Vec<u8>;
+    type State = Vec<u8>;
 
     fn open(&mut self, _ctx: &mut Context<'_>) -> Vec<u8> {
         Vec::new()

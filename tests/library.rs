@@ -26,7 +26,7 @@ struct Shout {
 }
 
 impl Service for Shout {
-    type Conn = Vec<u8>;
+    type State = Vec<u8>;
 
     fn open(&mut self, ctx: &mut Context<'_>) -> Vec<u8> {
         let id = ctx.id();
@@ -170,7 +170,7 @@ struct Produce {
 }
 
 impl Service for Produce {
-    type Conn = usize;
+    type State = usize;
 
     fn open(&mut self, ctx: &mut Context<'_>) -> usize {
         ctx.want_writable();

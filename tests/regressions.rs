@@ -18,7 +18,7 @@ struct Recorder {
 }
 
 impl Service for Recorder {
-    type Conn = ();
+    type State = ();
     fn open(&mut self, ctx: &mut Context<'_>) {
         self.opened.push(ctx.id());
     }

@@ -532,9 +532,15 @@ impl Conns {
 mod tests {
     use super::*;
 
-    /// What an idle connection costs the table; the figure the module docs give.
+    /// What an idle connection costs the table, the figure the module docs give: the
+    /// socket, and 32 bytes for everything else. (The socket is a 16-byte enum in a
+    /// release build; in a debug build mio adds a registration check to every socket.)
     #[test]
     fn an_entry_is_small() {
-        assert_eq!(std::mem::size_of::<Entry>(), 48);
+        use std::mem::size_of;
+        assert_eq!(size_of::<Entry>() - size_of::<Transport>(), 32);
+        if !cfg!(debug_assertions) {
+            assert_eq!(size_of::<Entry>(), 48);
+        }
     }
 }

@@ -1,10 +1,13 @@
-//! `recvmmsg` / `sendmmsg`: many datagrams per system call (Linux).
+//! `recvmmsg` / `sendmmsg`: many datagrams per system call (Linux), for UDP sockets.
 //!
 //! A batch is [`BATCH`] buffers of [`MAX_DATAGRAM`] bytes and the message headers the
 //! kernel fills in, allocated once per socket. Result `k` of a receive always belongs
-//! to buffer `k`, whether or not the kernel gave that datagram a sender address (a
-//! Unix datagram from an unnamed socket has none): the caller drops what it cannot
-//! answer, but the positions never shift.
+//! to buffer `k`, whether or not it came with an address that can be answered: the
+//! caller drops what it cannot answer, but the positions never shift.
+//!
+//! Only internet addresses are reported. A Unix datagram socket's sender may have no
+//! address at all, and `nix` does not say how long the address the kernel wrote was,
+//! so the loop receives Unix datagrams one at a time with `recv_from` instead.
 
 #![cfg(any(target_os = "linux", target_os = "android"))]
 
@@ -12,7 +15,9 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage, recvmmsg, sendmmsg,
+};
 
 use crate::transport::PeerAddr;
 
@@ -76,8 +81,14 @@ impl Batch {
             None,
         )
         .map_err(io::Error::from)?;
-        self.got
-            .extend(results.map(|msg| (msg.bytes, msg.address)));
+        // An address the kernel did not write (a sender without one) keeps whatever the
+        // header held before: only an internet address is taken as real.
+        self.got.extend(results.map(|msg| {
+            let addr = msg
+                .address
+                .filter(|a| matches!(a.family(), Some(AddressFamily::Inet | AddressFamily::Inet6)));
+            (msg.bytes, addr)
+        }));
         Ok(self.got.len())
     }
 
@@ -132,8 +143,10 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixDatagram;
 
-    /// A datagram without a sender address must not shift the results: the one after
-    /// it is still found in its own buffer, with its own sender.
+    /// A datagram without an address must not shift the results: the one after it is
+    /// still found in its own buffer. (Unix datagram sockets are the only way to send
+    /// one: a socket that never bound a path has no address. The batch reports no
+    /// address for either, as it reports only internet addresses.)
     #[test]
     fn a_datagram_without_an_address_keeps_its_place() {
         let dir = std::env::temp_dir().join(format!("sockloop-batch-{}", std::process::id()));
@@ -153,16 +166,34 @@ mod tests {
         assert_eq!(n, 2, "both datagrams are results, addressed or not");
         let (first, from) = batch.datagram(0);
         assert_eq!(first, b"from nobody");
-        assert!(
-            from.as_ref().and_then(|a| a.as_unix_addr()).and_then(|u| u.path()).is_none(),
-            "an unnamed sender has no path to answer"
-        );
+        assert!(from.is_none(), "no address was written for an unnamed sender");
         let (second, from) = batch.datagram(1);
         assert_eq!(second, b"from named");
-        assert_eq!(
-            peer_of(&from.expect("a named sender has an address")),
-            PeerAddr::Unix(Some(named_path.clone()))
-        );
+        assert!(from.is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// UDP datagrams come with their sender, each in its own place.
+    #[test]
+    fn udp_datagrams_come_with_their_senders() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let to = server.local_addr().unwrap();
+        let clients: Vec<std::net::UdpSocket> = (0..3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for (i, c) in clients.iter().enumerate() {
+            c.send_to(format!("datagram {i}").as_bytes(), to).unwrap();
+        }
+        let mut batch = Batch::new();
+        assert_eq!(batch.recv(server.as_raw_fd()).unwrap(), 3);
+        for (i, c) in clients.iter().enumerate() {
+            let (data, from) = batch.datagram(i);
+            assert_eq!(data, format!("datagram {i}").as_bytes());
+            assert_eq!(
+                peer_of(&from.expect("a UDP sender has an address")),
+                PeerAddr::Inet(c.local_addr().unwrap())
+            );
+        }
     }
 }
