@@ -1,6 +1,6 @@
 //! UDP and Unix datagram sockets: echo, safety rules, bursts, errors.
 
-mod util;
+pub mod util;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use sockloop::services::{Echo, Line};
 use sockloop::{Builder, Stats};
-use util::{LibServer, Proc, pattern, wait_until};
+use util::child::{Proc, run_python};
+use util::fs::TempDir;
+use util::net::{DEADLINE, pattern, wait_until};
+use util::procfs::udp_socket_drops;
+use util::server::LibServer;
 
 fn udp_server(batch: bool) -> LibServer {
     let b = Builder::new()
@@ -19,7 +23,7 @@ fn udp_server(batch: bool) -> LibServer {
 
 fn client() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
     s
 }
 
@@ -114,7 +118,7 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         assert addr == (host, port), addr
 print("ok")
 "#;
-    assert_eq!(util::run_python(script, addr).trim(), "ok");
+    assert_eq!(run_python(script, addr).trim(), "ok");
 }
 
 #[test]
@@ -169,7 +173,7 @@ fn service_ports_can_be_allowed_explicitly() {
         eprintln!("SKIPPED: cannot bind port 13 here");
         return;
     };
-    sock.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
     assert_eq!(round_trip(&sock, server.addr(0), b"allowed"), b"allowed");
 }
 
@@ -211,24 +215,6 @@ fn a_burst_larger_than_the_socket_buffer_loses_only_counted_datagrams() {
     );
 }
 
-/// The `drops` column of `/proc/PID/net/udp` for the socket on `port`: datagrams the
-/// kernel discarded because the socket's receive buffer was full.
-fn udp_socket_drops(pid: u32, port: u16) -> u64 {
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).unwrap();
-    let want = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .find(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|local| local.ends_with(&want))
-        })
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|d| d.parse().ok())
-        .expect("the server's socket in /proc/net/udp")
-}
-
 #[test]
 fn line_mode_datagrams_are_one_line_each() {
     let b = Builder::new().listen("udp://127.0.0.1:0".parse().unwrap());
@@ -258,14 +244,14 @@ fn line_mode_datagrams_are_one_line_each() {
 
 #[test]
 fn unixgram_echo_to_a_bound_client_and_unnamed_senders_are_counted() {
-    let dir = util::TempDir::new();
+    let dir = TempDir::new();
     let path = dir.join("echo.dgram");
     let b = Builder::new().listen(format!("unixgram:{}", path.display()).parse().unwrap());
     let server = LibServer::start(b, Echo);
 
     let me = dir.join("client.dgram");
     let c = UnixDatagram::bind(&me).unwrap();
-    c.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
     for msg in [&b"over a unix datagram socket"[..], b""] {
         c.send_to(msg, &path).unwrap();
         let mut buf = [0u8; 128];

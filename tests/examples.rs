@@ -1,7 +1,7 @@
 //! The example programs, run as the child processes a user would run: each prints its
 //! `listening URL` line, serves real connections on loopback, and exits 0.
 
-mod util;
+pub mod util;
 
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use nix::sys::signal::Signal;
-use util::*;
+use util::child::{Proc, last_stats};
+use util::net::{connect, read_n, read_to_eof, wait_until};
 
 /// The built example `name`, ready to run. `cargo test` builds every example before it
 /// runs the tests (`cargo test --test examples` alone does not: build them first with

@@ -2,7 +2,7 @@
 //! a chat client that never reads (closed, memory bounded, the others unharmed), RFC
 //! 863 and RFC 864 on streams and datagrams, and a chargen client that stops reading.
 
-mod util;
+pub mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, UdpSocket};
@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use util::*;
+use util::child::{Proc, expect_failure};
+use util::net::{DEADLINE, connect, exchange, pattern, read_n, read_to_eof, wait_until};
 
 /// Reads one `\n`-terminated line.
 fn read_line(r: &mut BufReader<TcpStream>) -> String {

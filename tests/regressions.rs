@@ -1,7 +1,7 @@
 //! Regression tests, each named after the mistake it pins: the subtle rules of a
 //! readiness loop, driven one turn at a time through the library.
 
-mod util;
+pub mod util;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use socket2::SockRef;
 use sockloop::{Config, ConnId, Context, EventLoop, Service};
-use util::{LibServer, connect, pattern, read_n, sockaddr, tcp_builder};
+use util::net::{DEADLINE, connect, pattern, read_n, read_to_eof, sockaddr};
+use util::server::{LibServer, tcp_builder};
 
 /// Records the id of every connection it sees; answers nothing.
 #[derive(Default)]
@@ -32,10 +33,7 @@ fn turn_until<S: Service>(
 ) {
     let start = std::time::Instant::now();
     while !cond(server) {
-        assert!(
-            start.elapsed() < util::DEADLINE,
-            "timed out waiting for {what}"
-        );
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
         server.turn(Some(Duration::from_millis(50))).unwrap();
     }
 }
@@ -123,7 +121,7 @@ fn fin_arriving_with_the_data_is_not_missed() {
         s.write_all(format!("short {i}").as_bytes()).unwrap();
         s.shutdown(std::net::Shutdown::Write).unwrap();
         // If the FIN were missed the server would never close and this would time out.
-        assert_eq!(util::read_to_eof(&mut s), format!("short {i}").as_bytes());
+        assert_eq!(read_to_eof(&mut s), format!("short {i}").as_bytes());
     }
     assert_eq!(server.stop().closed, 100);
 }

@@ -2,9 +2,7 @@
 //! TLS port, the handshake deadline, and clients nobody here wrote (`openssl s_client`,
 //! Python's `ssl`).
 
-#[path = "util/pki.rs"]
-mod pki;
-mod util;
+pub mod util;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -14,12 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pki::Pki;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use sockloop::Builder;
 use sockloop::services::{Mode, Modes};
-use util::*;
+use util::child::{Proc, bin, expect_failure, run_bin, run_python};
+use util::fs::TempDir;
+use util::net::{DEADLINE, closed_by_peer, connect, pattern, wait_until};
+use util::pki::Pki;
+use util::server::LibServer;
 
 type TlsConn = StreamOwned<ClientConnection, TcpStream>;
 
