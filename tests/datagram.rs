@@ -2,9 +2,11 @@
 
 pub mod util;
 
+use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use sockloop::services::{Echo, Line};
 use sockloop::{Builder, Stats};
@@ -140,20 +142,33 @@ fn a_client_gone_before_its_reply_does_not_disturb_the_server() {
     assert_accounted(&stats);
 }
 
+/// A UDP socket on `127.0.0.1:PORT`, a port below 1024. Binding one needs root or
+/// CAP_NET_BIND_SERVICE (CI runs as root); without either the test fails here, as it
+/// cannot send from a service port any other way. Another run of these tests on the
+/// same machine may hold the port for a moment: wait for it, up to [`DEADLINE`].
+fn bind_service_port(port: u16) -> UdpSocket {
+    let start = Instant::now();
+    loop {
+        match UdpSocket::bind(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(e) if e.kind() == ErrorKind::AddrInUse && start.elapsed() < DEADLINE => {
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => panic!(
+                "cannot bind 127.0.0.1:{port}: {e}: a port below 1024 needs root or \
+                 CAP_NET_BIND_SERVICE (CI runs the tests as root)"
+            ),
+            Err(e) => panic!("cannot bind 127.0.0.1:{port}: {e}"),
+        }
+    }
+}
+
 /// Two echo services pointed at each other by one spoofed datagram would bounce it
 /// forever; datagrams from the classic service ports are not answered.
 #[test]
 fn a_datagram_from_source_port_7_gets_no_reply_and_is_counted() {
     let server = Proc::serve(&["--listen", "udp://127.0.0.1:0"]);
-    let sock = match UdpSocket::bind("127.0.0.1:7") {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            // Binding below 1024 needs root or CAP_NET_BIND_SERVICE (CI has it).
-            eprintln!("SKIPPED: cannot bind port 7 here: {e}");
-            return;
-        }
-        Err(e) => panic!("bind 127.0.0.1:7: {e}"),
-    };
+    let sock = bind_service_port(7);
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     sock.send_to(b"storm?", server.addr(0)).unwrap();
@@ -169,10 +184,7 @@ fn a_datagram_from_source_port_7_gets_no_reply_and_is_counted() {
 #[test]
 fn service_ports_can_be_allowed_explicitly() {
     let server = Proc::serve(&["--listen", "udp://127.0.0.1:0", "--allow-service-ports"]);
-    let Ok(sock) = UdpSocket::bind("127.0.0.1:13") else {
-        eprintln!("SKIPPED: cannot bind port 13 here");
-        return;
-    };
+    let sock = bind_service_port(13);
     sock.set_read_timeout(Some(DEADLINE)).unwrap();
     assert_eq!(round_trip(&sock, server.addr(0), b"allowed"), b"allowed");
 }
