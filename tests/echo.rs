@@ -65,17 +65,6 @@ fn half_close_gets_everything_then_eof() {
 }
 
 #[test]
-fn data_and_fin_in_one_segment_are_both_seen() {
-    // A short message followed at once by FIN: the read is short, and only the
-    // read-closed flag says the EOF is already queued behind it.
-    let server = LibServer::echo();
-    for i in 0..50 {
-        let msg = format!("message {i}");
-        assert_eq!(exchange(server.addr(), msg.as_bytes()), msg.as_bytes());
-    }
-}
-
-#[test]
 fn two_thousand_concurrent_connections() {
     raise_nofile();
     let server = LibServer::echo();

@@ -2,6 +2,7 @@
 //! cannot measure: a reading that quietly came out as 0 would make the assertion built
 //! on it pass without measuring anything.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// The contents of a `/proc` file; fails the test if it cannot be read.
@@ -61,4 +62,49 @@ pub fn udp_socket_drops(pid: u32, port: u16) -> u64 {
         .unwrap_or_else(|| {
             panic!("no socket on port {port} with a drops column in {path}:\n{table}")
         })
+}
+
+/// The TCP state `FIN_WAIT2` (`05` in the `st` column of `/proc/net/tcp`): this side
+/// has sent its FIN and the peer has acknowledged it.
+pub const TCP_FIN_WAIT2: u8 = 0x05;
+
+/// The state of the TCP socket from `local` to `remote`, as the `st` column of
+/// `/proc/net/tcp` (`/proc/net/tcp6` for IPv6) gives it: a number from the kernel's
+/// `tcp_states.h`, such as [`TCP_FIN_WAIT2`]. The socket must exist.
+pub fn tcp_state(local: SocketAddr, remote: SocketAddr) -> u8 {
+    let path = if local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let table = read(path);
+    let (want_local, want_remote) = (proc_net_addr(local), proc_net_addr(remote));
+    let line = table
+        .lines()
+        .skip(1)
+        .find(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            f.next() == Some(want_local.as_str()) && f.next() == Some(want_remote.as_str())
+        })
+        .unwrap_or_else(|| {
+            panic!("no socket {local} -> {remote} ({want_local} {want_remote}) in {path}:\n{table}")
+        });
+    line.split_whitespace()
+        .nth(3)
+        .and_then(|st| u8::from_str_radix(st, 16).ok())
+        .unwrap_or_else(|| panic!("no state column in {path}: {line}"))
+}
+
+/// An address as `/proc/net/tcp` prints it: the IP as 32-bit words in host byte
+/// order, in hex, then `:` and the port in hex.
+fn proc_net_addr(addr: SocketAddr) -> String {
+    let octets = match addr.ip() {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    let ip: String = octets
+        .chunks(4)
+        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .collect();
+    format!("{ip}:{:04X}", addr.port())
 }
