@@ -9,7 +9,7 @@ use std::thread;
 
 use nix::sys::signal::Signal;
 use util::child::{Proc, bin, expect_failure, last_stats, run_bin};
-use util::net::{DEADLINE, connect, exchange, pattern, read_to_eof, wait_until};
+use util::net::{DEADLINE, connect, exchange, pattern, read_n, read_to_eof, wait_until};
 
 #[test]
 fn ready_lines_one_per_listener_in_order_with_real_ports() {
@@ -252,10 +252,7 @@ fn two_workers_serve_tcp_and_udp_and_shut_down_cleanly() {
     // A connection still open at SIGTERM gets its echo, then the server exits 0.
     let mut open = connect(server.addr(0));
     open.write_all(b"last words").unwrap();
-    wait_until("the last connection to be echoed", || {
-        let mut buf = [0u8; 10];
-        std::io::Read::read_exact(&mut open, &mut buf).is_ok()
-    });
+    assert_eq!(read_n(&mut open, 10), b"last words");
     server.signal(Signal::SIGTERM);
     assert!(read_to_eof(&mut open).is_empty());
     assert!(server.wait().success());
