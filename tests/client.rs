@@ -239,9 +239,16 @@ fn bench_json_has_every_field() {
             "{key} missing in {r}"
         );
     }
+    // Compare numbers, not Option<u64>: as_u64() of a fractional value is None, and
+    // None <= None holds.
+    let us = |key: &str| {
+        r[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} is not a number in {r}"))
+    };
     assert!(
-        r["p50_us"].as_u64() <= r["p99_us"].as_u64()
-            && r["p99_us"].as_u64() <= r["max_us"].as_u64()
+        us("p50_us") <= us("p99_us") && us("p99_us") <= us("max_us"),
+        "percentiles out of order: {r}"
     );
     assert!(
         out.stderr.is_empty() || !String::from_utf8_lossy(&out.stderr).contains('\r'),
