@@ -413,6 +413,11 @@ fn a_client_that_never_reads_is_paused_not_buffered() {
     });
     let stalled_at = written.load(Ordering::Relaxed);
     assert!(stalled_at < 64 << 20, "{stalled_at} bytes taken");
+    // A write that failed ends the writer, and its count stalls too.
+    assert!(
+        !writer.is_finished(),
+        "the writes failed after {stalled_at} bytes: the connection was closed, not paused"
+    );
     let grown = server.rss_kb().saturating_sub(rss_before);
     assert!(grown < 16 * 1024, "server grew by {grown} KiB");
     drop(server);
