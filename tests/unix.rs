@@ -125,6 +125,7 @@ fn limits_apply_to_unix_connections_too() {
     first.write_all(b"one\n").unwrap();
     let mut buf = [0u8; 4];
     std::io::Read::read_exact(&mut first, &mut buf).unwrap();
+    assert_eq!(&buf, b"one\n");
     let mut second = unix_client(&path);
     assert_eq!(read_to_eof(&mut second), b"ERR server full\n");
     drop(first);
