@@ -1,12 +1,14 @@
 //! Address families and listener mixes: IPv6, both wildcards on one port, every scheme
 //! side by side in one process with per-listener modes.
 
-mod util;
+pub mod util;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 
 use nix::sys::signal::Signal;
-use util::{Proc, TempDir, exchange};
+use util::child::{Proc, bin, last_stats};
+use util::fs::TempDir;
+use util::net::{DEADLINE, exchange, read_to_eof};
 
 fn udp_round_trip(to: SocketAddr, msg: &[u8]) -> Vec<u8> {
     let bind = if to.is_ipv6() {
@@ -15,7 +17,7 @@ fn udp_round_trip(to: SocketAddr, msg: &[u8]) -> Vec<u8> {
         "127.0.0.1:0"
     };
     let s = UdpSocket::bind(bind).unwrap();
-    s.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
     s.send_to(msg, to).unwrap();
     let mut buf = vec![0u8; 65536];
     let (n, from) = s.recv_from(&mut buf).expect("a reply");
@@ -104,11 +106,11 @@ fn every_scheme_side_by_side_with_per_listener_modes() {
     // Unix stream in line mode.
     let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     std::io::Write::write_all(&mut u, long).unwrap();
-    assert_eq!(util::read_to_eof(&mut u), b"ERR line too long\n");
+    assert_eq!(read_to_eof(&mut u), b"ERR line too long\n");
     // Unix datagram echoes.
     let me = dir.join("me.dgram");
     let c = std::os::unix::net::UnixDatagram::bind(&me).unwrap();
-    c.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
     c.send_to(long, &dgram).unwrap();
     let mut buf = [0u8; 64];
     let n = c.recv(&mut buf).unwrap();
@@ -120,14 +122,14 @@ fn every_scheme_side_by_side_with_per_listener_modes() {
         !sock.exists() && !dgram.exists(),
         "socket files left behind"
     );
-    let stats = util::last_stats(&server.stderr());
+    let stats = last_stats(&server.stderr());
     assert_eq!(stats["datagrams_in"], 3);
     assert_eq!(stats["datagrams_out"], 3);
 }
 
 #[test]
 fn perm_is_only_for_unix_sockets() {
-    let out = std::process::Command::new(util::bin())
+    let out = std::process::Command::new(bin())
         .args(["serve", "--listen", "tcp://127.0.0.1:0?perm=0600"])
         .output()
         .unwrap();

@@ -1,6 +1,6 @@
 //! The command line: ready lines, exit codes, what goes to stdout and stderr.
 
-mod util;
+pub mod util;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -8,7 +8,8 @@ use std::process::Command;
 use std::thread;
 
 use nix::sys::signal::Signal;
-use util::{Proc, connect, exchange, pattern, read_to_eof, wait_until};
+use util::child::{Proc, bin, expect_failure, last_stats, run_bin};
+use util::net::{DEADLINE, connect, exchange, pattern, read_n, read_to_eof, wait_until};
 
 #[test]
 fn ready_lines_one_per_listener_in_order_with_real_ports() {
@@ -94,7 +95,7 @@ fn bad_command_lines_exit_2_before_binding() {
         (vec!["serve", "--bogus"], "--bogus"),
         (vec!["frobnicate"], "frobnicate"),
     ] {
-        util::expect_failure(&args, 2, needle);
+        expect_failure(&args, 2, needle);
     }
 }
 
@@ -149,7 +150,7 @@ fn a_max_outbuf_below_the_minimum_is_a_usage_error_naming_it() {
 fn an_address_in_use_exits_1_naming_it() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("tcp://{}", taken.local_addr().unwrap());
-    let out = util::run_bin(&["serve", "--listen", "tcp://127.0.0.1:0", "--listen", &url]);
+    let out = run_bin(&["serve", "--listen", "tcp://127.0.0.1:0", "--listen", &url]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let line = err
@@ -200,7 +201,7 @@ fn sigusr1_logs_every_counter_on_one_line() {
 
 #[test]
 fn trace_log_shows_readiness_events_and_partial_writes() {
-    let mut cmd = Command::new(util::bin());
+    let mut cmd = Command::new(bin());
     cmd.args(["serve", "--listen", "tcp://127.0.0.1:0"])
         .env("RUST_LOG", "trace");
     let mut server = Proc::spawn(cmd, 1);
@@ -236,7 +237,7 @@ fn trace_log_shows_readiness_events_and_partial_writes() {
 
 #[test]
 fn help_lists_the_serve_options() {
-    let out = util::run_bin(&["serve", "--help"]);
+    let out = run_bin(&["serve", "--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for opt in [
@@ -295,7 +296,7 @@ fn two_workers_serve_tcp_and_udp_and_shut_down_cleanly() {
         assert!(c.join().unwrap(), "an echo differed");
     }
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    udp.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    udp.set_read_timeout(Some(DEADLINE)).unwrap();
     for i in 0..20u8 {
         udp.send_to(&[i; 100], server.addr(1)).unwrap();
         let mut buf = [0u8; 200];
@@ -311,16 +312,13 @@ fn two_workers_serve_tcp_and_udp_and_shut_down_cleanly() {
         .lines()
         .filter(|l| l.contains("stats worker="))
     {
-        let accepted = util::last_stats(line)["accepted"];
+        let accepted = last_stats(line)["accepted"];
         assert!(accepted > 0, "a worker accepted nothing: {line}");
     }
     // A connection still open at SIGTERM gets its echo, then the server exits 0.
     let mut open = connect(server.addr(0));
     open.write_all(b"last words").unwrap();
-    wait_until("the last connection to be echoed", || {
-        let mut buf = [0u8; 10];
-        std::io::Read::read_exact(&mut open, &mut buf).is_ok()
-    });
+    assert_eq!(read_n(&mut open, 10), b"last words");
     server.signal(Signal::SIGTERM);
     assert!(read_to_eof(&mut open).is_empty());
     assert!(server.wait().success());
@@ -331,7 +329,7 @@ fn two_workers_serve_tcp_and_udp_and_shut_down_cleanly() {
         "{log}"
     );
     // The final line sums both workers.
-    let stats = util::last_stats(&log);
+    let stats = last_stats(&log);
     assert_eq!(stats["accepted"], 41, "{log}");
     assert_eq!(stats["closed"], 41);
     assert_eq!(stats["datagrams_out"], 20);

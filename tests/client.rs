@@ -1,21 +1,23 @@
 //! The client commands: `sockloop send` and `sockloop bench`, against our server, a
 //! Python server, and servers written here to misbehave.
 
-mod util;
+pub mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::thread;
 
-use util::{Proc, TempDir, pattern};
+use util::child::{Proc, bin, expect_failure, run_bin};
+use util::fs::TempDir;
+use util::net::pattern;
 
 fn sockloop(args: &[&str]) -> std::process::Output {
-    util::run_bin(args)
+    run_bin(args)
 }
 
 fn send_stdin(url: &str, input: &[u8]) -> std::process::Output {
-    let mut child = Command::new(util::bin())
+    let mut child = Command::new(bin())
         .args(["send", url])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -99,13 +101,13 @@ fn send_fails_cleanly() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let err = util::expect_failure(
+    let err = expect_failure(
         &["send", &format!("tcp://127.0.0.1:{port}"), "x"],
         1,
         "refused",
     );
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    util::expect_failure(
+    expect_failure(
         &["send", "tcp://no-such-host.invalid:5001", "x"],
         1,
         "no-such-host.invalid",
@@ -114,13 +116,13 @@ fn send_fails_cleanly() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let url = format!("udp://{}", silent.local_addr().unwrap());
     let t = std::time::Instant::now();
-    util::expect_failure(
+    expect_failure(
         &["send", &url, "anyone?", "--timeout", "0.5"],
         1,
         "no reply",
     );
     assert!(t.elapsed() >= std::time::Duration::from_millis(450));
-    util::expect_failure(&["send", "ftp://x:1", "x"], 2, "unknown scheme");
+    expect_failure(&["send", "ftp://x:1", "x"], 2, "unknown scheme");
 }
 
 /// An echo server written with Python's `socketserver`, as its documentation shows.
@@ -237,9 +239,16 @@ fn bench_json_has_every_field() {
             "{key} missing in {r}"
         );
     }
+    // Compare numbers, not Option<u64>: as_u64() of a fractional value is None, and
+    // None <= None holds.
+    let us = |key: &str| {
+        r[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} is not a number in {r}"))
+    };
     assert!(
-        r["p50_us"].as_u64() <= r["p99_us"].as_u64()
-            && r["p99_us"].as_u64() <= r["max_us"].as_u64()
+        us("p50_us") <= us("p99_us") && us("p99_us") <= us("max_us"),
+        "percentiles out of order: {r}"
     );
     assert!(
         out.stderr.is_empty() || !String::from_utf8_lossy(&out.stderr).contains('\r'),
@@ -345,13 +354,13 @@ fn open_loop_hits_its_target_rate() {
 
 #[test]
 fn bench_rejects_impossible_settings() {
-    util::expect_failure(&["bench", "udp://127.0.0.1:9", "--size", "4"], 2, "--size");
-    util::expect_failure(
+    expect_failure(&["bench", "udp://127.0.0.1:9", "--size", "4"], 2, "--size");
+    expect_failure(
         &["bench", "udp://127.0.0.1:9", "--reconnect"],
         2,
         "--reconnect",
     );
-    util::expect_failure(&["bench", "tcp://127.0.0.1:9", "--conns", "0"], 2, "conns");
+    expect_failure(&["bench", "tcp://127.0.0.1:9", "--conns", "0"], 2, "conns");
 }
 
 /// On a terminal, a progress line is redrawn once a second on stderr. `script` runs the
@@ -362,7 +371,7 @@ fn progress_line_on_a_terminal() {
     let url = server.ready[0].strip_prefix("listening ").unwrap();
     let dir = TempDir::new();
     let log = dir.join("typescript");
-    let cmd = format!("{} bench {url} --secs 2.5 --json", util::bin());
+    let cmd = format!("{} bench {url} --secs 2.5 --json", bin());
     let status = Command::new("script")
         .args(["-qfec", &cmd, &log.display().to_string()])
         .stdin(Stdio::null())

@@ -1,14 +1,20 @@
 //! UDP and Unix datagram sockets: echo, safety rules, bursts, errors.
 
-mod util;
+pub mod util;
 
+use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use sockloop::services::{Echo, Line};
 use sockloop::{Builder, Stats};
-use util::{LibServer, Proc, pattern, wait_until};
+use util::child::{Proc, run_python};
+use util::fs::TempDir;
+use util::net::{DEADLINE, pattern, wait_until};
+use util::procfs::udp_socket_drops;
+use util::server::LibServer;
 
 fn udp_server(batch: bool) -> LibServer {
     let b = Builder::new()
@@ -19,7 +25,7 @@ fn udp_server(batch: bool) -> LibServer {
 
 fn client() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
     s
 }
 
@@ -114,7 +120,7 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         assert addr == (host, port), addr
 print("ok")
 "#;
-    assert_eq!(util::run_python(script, addr).trim(), "ok");
+    assert_eq!(run_python(script, addr).trim(), "ok");
 }
 
 #[test]
@@ -136,20 +142,33 @@ fn a_client_gone_before_its_reply_does_not_disturb_the_server() {
     assert_accounted(&stats);
 }
 
+/// A UDP socket on `127.0.0.1:PORT`, a port below 1024. Binding one needs root or
+/// CAP_NET_BIND_SERVICE (CI runs as root); without either the test fails here, as it
+/// cannot send from a service port any other way. Another run of these tests on the
+/// same machine may hold the port for a moment: wait for it, up to [`DEADLINE`].
+fn bind_service_port(port: u16) -> UdpSocket {
+    let start = Instant::now();
+    loop {
+        match UdpSocket::bind(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(e) if e.kind() == ErrorKind::AddrInUse && start.elapsed() < DEADLINE => {
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => panic!(
+                "cannot bind 127.0.0.1:{port}: {e}: a port below 1024 needs root or \
+                 CAP_NET_BIND_SERVICE (CI runs the tests as root)"
+            ),
+            Err(e) => panic!("cannot bind 127.0.0.1:{port}: {e}"),
+        }
+    }
+}
+
 /// Two echo services pointed at each other by one spoofed datagram would bounce it
 /// forever; datagrams from the classic service ports are not answered.
 #[test]
 fn a_datagram_from_source_port_7_gets_no_reply_and_is_counted() {
     let server = Proc::serve(&["--listen", "udp://127.0.0.1:0"]);
-    let sock = match UdpSocket::bind("127.0.0.1:7") {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            // Binding below 1024 needs root or CAP_NET_BIND_SERVICE (CI has it).
-            eprintln!("SKIPPED: cannot bind port 7 here: {e}");
-            return;
-        }
-        Err(e) => panic!("bind 127.0.0.1:7: {e}"),
-    };
+    let sock = bind_service_port(7);
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     sock.send_to(b"storm?", server.addr(0)).unwrap();
@@ -165,11 +184,8 @@ fn a_datagram_from_source_port_7_gets_no_reply_and_is_counted() {
 #[test]
 fn service_ports_can_be_allowed_explicitly() {
     let server = Proc::serve(&["--listen", "udp://127.0.0.1:0", "--allow-service-ports"]);
-    let Ok(sock) = UdpSocket::bind("127.0.0.1:13") else {
-        eprintln!("SKIPPED: cannot bind port 13 here");
-        return;
-    };
-    sock.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    let sock = bind_service_port(13);
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
     assert_eq!(round_trip(&sock, server.addr(0), b"allowed"), b"allowed");
 }
 
@@ -211,24 +227,6 @@ fn a_burst_larger_than_the_socket_buffer_loses_only_counted_datagrams() {
     );
 }
 
-/// The `drops` column of `/proc/PID/net/udp` for the socket on `port`: datagrams the
-/// kernel discarded because the socket's receive buffer was full.
-fn udp_socket_drops(pid: u32, port: u16) -> u64 {
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).unwrap();
-    let want = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .find(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|local| local.ends_with(&want))
-        })
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|d| d.parse().ok())
-        .expect("the server's socket in /proc/net/udp")
-}
-
 #[test]
 fn line_mode_datagrams_are_one_line_each() {
     let b = Builder::new().listen("udp://127.0.0.1:0".parse().unwrap());
@@ -258,14 +256,14 @@ fn line_mode_datagrams_are_one_line_each() {
 
 #[test]
 fn unixgram_echo_to_a_bound_client_and_unnamed_senders_are_counted() {
-    let dir = util::TempDir::new();
+    let dir = TempDir::new();
     let path = dir.join("echo.dgram");
     let b = Builder::new().listen(format!("unixgram:{}", path.display()).parse().unwrap());
     let server = LibServer::start(b, Echo);
 
     let me = dir.join("client.dgram");
     let c = UnixDatagram::bind(&me).unwrap();
-    c.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
     for msg in [&b"over a unix datagram socket"[..], b""] {
         c.send_to(msg, &path).unwrap();
         let mut buf = [0u8; 128];

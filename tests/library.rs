@@ -3,7 +3,7 @@
 //! driven by `writable`, sockets bound by the caller, `turn()` driven by hand, shutdown
 //! from another thread, and several workers.
 
-mod util;
+pub mod util;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,7 +13,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sockloop::{Builder, ConnId, Context, DatagramContext, Service};
-use util::*;
+use util::fs::TempDir;
+use util::net::{
+    DEADLINE, connect, exchange, read_n, read_to_eof, sockaddr, unix_exchange, wait_until,
+};
+use util::server::{LibServer, tcp_builder};
 
 /// A protocol of our own: greets with `hi <id>`, answers each line upper-cased, `who`
 /// lists the connections it knows, `tell ID TEXT` sends TEXT to connection ID,

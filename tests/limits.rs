@@ -1,6 +1,6 @@
 //! Limits: idle timeout, connection limit, and running out of descriptors.
 
-mod util;
+pub mod util;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -8,7 +8,8 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{Proc, closed_by_peer, connect, exchange, read_n, read_to_eof, wait_until};
+use util::child::{Proc, bin};
+use util::net::{closed_by_peer, connect, exchange, read_n, read_to_eof, wait_until};
 
 #[test]
 fn idle_timeout_closes_the_idle_connection_and_spares_the_active_one() {
@@ -99,7 +100,7 @@ fn descriptor_exhaustion_does_not_spin_and_recovers() {
     cmd.args([
         "-c",
         "ulimit -n 64 && exec \"$0\" serve --listen tcp://127.0.0.1:0 --max-conns 1000",
-        util::bin(),
+        bin(),
     ]);
     let server = Proc::spawn(cmd, 1);
     let addr = server.addr(0);

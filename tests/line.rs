@@ -1,6 +1,6 @@
 //! Line mode: complete lines back unchanged, limits enforced, tails kept.
 
-mod util;
+pub mod util;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -8,7 +8,9 @@ use std::thread;
 use std::time::Duration;
 
 use sockloop::services::Line;
-use util::{LibServer, Proc, connect, exchange, pattern, read_n, read_to_eof, tcp_builder};
+use util::child::Proc;
+use util::net::{DEADLINE, connect, exchange, pattern, read_n, read_to_eof};
+use util::server::{LibServer, tcp_builder};
 
 fn line_server(max_line: usize) -> LibServer {
     LibServer::start(tcp_builder(), Line::new(max_line))
@@ -43,7 +45,7 @@ fn a_line_fed_byte_by_byte_comes_back_once_complete() {
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
         other => panic!("an unterminated line was answered: {other:?}"),
     }
-    s.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
     for &b in b"ld\nnext\n" {
         s.write_all(&[b]).unwrap();
     }

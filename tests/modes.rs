@@ -2,7 +2,7 @@
 //! a chat client that never reads (closed, memory bounded, the others unharmed), RFC
 //! 863 and RFC 864 on streams and datagrams, and a chargen client that stops reading.
 
-mod util;
+pub mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, UdpSocket};
@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use util::*;
+use util::child::{Proc, expect_failure};
+use util::net::{DEADLINE, connect, exchange, pattern, read_n, read_to_eof, wait_until};
+use util::procfs::rss_kb;
 
 /// Reads one `\n`-terminated line.
 fn read_line(r: &mut BufReader<TcpStream>) -> String {
@@ -121,12 +123,16 @@ fn a_chat_client_that_never_reads_is_closed_and_memory_stays_bounded() {
     let peak = {
         let (done, pid) = (done.clone(), server.child.id());
         thread::spawn(move || {
+            // Sample until the relay is over, and once after: never zero samples.
             let mut peak = 0;
-            while !done.load(Ordering::Relaxed) {
-                peak = peak.max(rss_kb_of(pid));
+            loop {
+                let finished = done.load(Ordering::Relaxed);
+                peak = peak.max(rss_kb(pid));
+                if finished {
+                    return peak;
+                }
                 thread::sleep(Duration::from_millis(20));
             }
-            peak
         })
     };
     // The sender stays at most 2 MiB ahead of the reader: the reader is a client that
@@ -149,7 +155,7 @@ fn a_chat_client_that_never_reads_is_closed_and_memory_stays_bounded() {
     }
     let _reader = reading.join().expect("the reader got every line");
     done.store(true, Ordering::Relaxed);
-    let peak_kb = peak.join().unwrap();
+    let peak_kb = peak.join().expect("measuring the server's memory");
     assert_eq!(received.load(Ordering::Relaxed), lines as u64);
 
     // The silent client was cut off, not buffered for.
@@ -169,17 +175,6 @@ fn a_chat_client_that_never_reads_is_closed_and_memory_stays_bounded() {
         grown_kb < 24 * 1024,
         "server memory grew by {grown_kb} KiB while relaying"
     );
-}
-
-fn rss_kb_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[test]

@@ -1,15 +1,18 @@
 //! Regression tests, each named after the mistake it pins: the subtle rules of a
 //! readiness loop, driven one turn at a time through the library.
 
-mod util;
+pub mod util;
 
-use std::io::Write;
-use std::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use socket2::SockRef;
+use sockloop::services::Echo;
 use sockloop::{Config, ConnId, Context, EventLoop, Service};
-use util::{LibServer, connect, pattern, read_n, sockaddr, tcp_builder};
+use util::net::{DEADLINE, connect, pattern, read_n, sockaddr, wait_until};
+use util::procfs;
+use util::server::{LibServer, tcp_builder};
 
 /// Records the id of every connection it sees; answers nothing.
 #[derive(Default)]
@@ -32,10 +35,7 @@ fn turn_until<S: Service>(
 ) {
     let start = std::time::Instant::now();
     while !cond(server) {
-        assert!(
-            start.elapsed() < util::DEADLINE,
-            "timed out waiting for {what}"
-        );
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
         server.turn(Some(Duration::from_millis(50))).unwrap();
     }
 }
@@ -112,18 +112,47 @@ fn a_connection_stopped_by_its_budget_is_served_without_a_new_edge() {
     assert!(server.stop().budget_yields > 0);
 }
 
-/// A read shorter than the buffer usually means the kernel queue is empty — but when
-/// the same event reported the peer's FIN, the EOF is already queued behind the data
-/// and no further edge will announce it.
+/// A read shorter than the buffer usually means the kernel queue is empty, and the loop
+/// skips the read that would only return WouldBlock. But when the same event reported
+/// read-closed, the peer's FIN is already queued behind the data, and no further edge
+/// will announce it: the loop must read on to the EOF.
+///
+/// The data and the FIN arrive together every time, by construction. The loop is built
+/// but not turned, so the server side accepts and reads nothing yet. The client writes
+/// a short message, shuts down its write side, and waits until its socket is in
+/// FIN_WAIT2: the server's kernel has acknowledged the FIN, which it does only once
+/// everything before the FIN has arrived, so the message and the FIN both sit queued
+/// on a connection the loop has not even accepted. Only then is the loop turned: it
+/// accepts and registers the connection, and its first event on it reports readable
+/// and read-closed at once. The first read is short (the message, into a buffer many
+/// times its size), the second returns the EOF, the echo goes out, and the connection
+/// closes: exactly two stream reads.
+///
+/// A loop that took the short read for an empty queue would stop after it and wait
+/// for an edge that never comes. The connection would never close, and the test would
+/// fail when `turn_until` reaches its deadline.
 #[test]
 fn fin_arriving_with_the_data_is_not_missed() {
-    let server = LibServer::echo();
-    for i in 0..100 {
-        let mut s = connect(server.addr());
-        s.write_all(format!("short {i}").as_bytes()).unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        // If the FIN were missed the server would never close and this would time out.
-        assert_eq!(util::read_to_eof(&mut s), format!("short {i}").as_bytes());
-    }
-    assert_eq!(server.stop().closed, 100);
+    const MSG: &[u8] = b"short message";
+    let mut server = tcp_builder().build(Echo).unwrap();
+    let addr = sockaddr(&server.local_addrs()[0]);
+    let mut s = connect(addr);
+    s.write_all(MSG).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let local = s.local_addr().unwrap();
+    wait_until("the server's kernel to acknowledge the FIN", || {
+        procfs::tcp_state(local, addr) == procfs::TCP_FIN_WAIT2
+    });
+
+    turn_until(&mut server, "the connection to be closed", |s| {
+        s.stats().closed == 1
+    });
+    assert_eq!(read_n(&mut s, MSG.len()), MSG);
+    assert_eq!(s.read(&mut [0u8; 16]).unwrap(), 0, "no EOF after the echo");
+    let stats = server.stats();
+    assert_eq!(stats.accepted, 1, "{stats:?}");
+    assert_eq!(
+        stats.reads, 2,
+        "one short read of the data and one of the EOF: {stats:?}"
+    );
 }

@@ -1,6 +1,6 @@
 //! Graceful shutdown: SIGTERM / SIGINT and the library's handle.
 
-mod util;
+pub mod util;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use sockloop::services::Echo;
-use util::{
-    LibServer, Proc, closed_by_peer, connect, last_stats, pattern, read_n, read_to_eof, wait_until,
+use util::child::{Proc, last_stats};
+use util::net::{
+    closed_by_peer, connect, pattern, read_n, read_to_eof, wait_until, write_in_background,
 };
+use util::server::{LibServer, tcp_builder};
 
 /// The client sends 8 MiB and reads nothing, so the server holds echoed bytes it could
 /// not write yet. After SIGTERM the client must still receive every byte the server
@@ -22,7 +24,7 @@ fn sigterm_while_echoed_data_is_unread_delivers_all_of_it() {
     let data: Arc<[u8]> = pattern(8 << 20, 9).into();
     let mut s = connect(server.addr(0));
     // Once the server stops reading, this blocks; after shutdown it may be reset.
-    let writer = util::write_in_background(&s, data.clone(), false);
+    let writer = write_in_background(&s, data.clone(), false);
     wait_until("the server to queue output", || {
         server.stats()["backpressure_pauses"] >= 1
     });
@@ -102,7 +104,7 @@ fn a_second_signal_stops_at_once() {
 
 #[test]
 fn handle_stops_the_loop_from_another_thread() {
-    let server = LibServer::start(util::tcp_builder(), Echo);
+    let server = LibServer::start(tcp_builder(), Echo);
     let mut s = connect(server.addr());
     s.write_all(b"abc").unwrap();
     assert_eq!(read_n(&mut s, 3), b"abc");

@@ -1,6 +1,6 @@
 //! Unix-domain stream sockets, and the socket file's life.
 
-mod util;
+pub mod util;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -9,11 +9,14 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use nix::sys::signal::Signal;
 use sockloop::Builder;
 use sockloop::services::{Echo, Mode, Modes};
-use util::{LibServer, Proc, TempDir, pattern, read_to_eof};
+use util::child::{Proc, expect_failure};
+use util::fs::TempDir;
+use util::net::{DEADLINE, pattern, read_to_eof};
+use util::server::LibServer;
 
 fn unix_client(path: &std::path::Path) -> UnixStream {
     let s = UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
-    s.set_read_timeout(Some(util::DEADLINE)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
     s
 }
 
@@ -79,7 +82,7 @@ fn a_regular_file_or_directory_at_the_path_is_refused_and_kept() {
     std::fs::create_dir(&sub).unwrap();
     for (path, scheme) in [(&file, "unix"), (&sub, "unixgram")] {
         let url = format!("{scheme}:{}", path.display());
-        let err = util::expect_failure(&["serve", "--listen", &url], 1, "not a socket");
+        let err = expect_failure(&["serve", "--listen", &url], 1, "not a socket");
         assert!(err.contains(&url), "the error names the address: {err}");
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"do not delete");
@@ -96,7 +99,7 @@ fn a_stale_socket_file_is_replaced_but_a_live_one_is_not() {
     let url = format!("unix:{}", path.display());
     let server = Proc::serve(&["--listen", &url]);
     assert_eq!(
-        util::read_to_eof(&mut {
+        read_to_eof(&mut {
             let mut s = unix_client(&path);
             s.write_all(b"fresh").unwrap();
             s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -105,7 +108,7 @@ fn a_stale_socket_file_is_replaced_but_a_live_one_is_not() {
         b"fresh"
     );
     // While it runs, a second server must not steal the path.
-    util::expect_failure(&["serve", "--listen", &url], 1, "another process");
+    expect_failure(&["serve", "--listen", &url], 1, "another process");
     assert!(path.exists(), "the live server's socket file was removed");
     drop(server);
 }
@@ -122,6 +125,7 @@ fn limits_apply_to_unix_connections_too() {
     first.write_all(b"one\n").unwrap();
     let mut buf = [0u8; 4];
     std::io::Read::read_exact(&mut first, &mut buf).unwrap();
+    assert_eq!(&buf, b"one\n");
     let mut second = unix_client(&path);
     assert_eq!(read_to_eof(&mut second), b"ERR server full\n");
     drop(first);
