@@ -9,6 +9,7 @@ use std::thread;
 
 use nix::sys::signal::Signal;
 use util::child::{Proc, bin, expect_failure, last_stats, run_bin};
+use util::fs::TempDir;
 use util::net::{DEADLINE, connect, exchange, pattern, read_n, read_to_eof, wait_until};
 
 #[test]
@@ -102,10 +103,10 @@ fn bad_command_lines_exit_2_before_binding() {
 #[test]
 fn a_numeric_host_that_is_no_ipv4_address_is_a_usage_error() {
     // A Unix listener before the bad one shows whether anything was bound.
-    let dir = util::TempDir::new();
+    let dir = TempDir::new();
     let sock = dir.join("first.sock");
     let first = format!("unix:{}", sock.display());
-    let err = util::expect_failure(
+    let err = expect_failure(
         &["serve", "--listen", &first, "--listen", "tcp://999.1.1.1:5"],
         2,
         "not an IPv4 address",
@@ -116,19 +117,19 @@ fn a_numeric_host_that_is_no_ipv4_address_is_a_usage_error() {
         "a listener was bound before the usage error"
     );
 
-    util::expect_failure(&["send", "tcp://1.2.3:5", "x"], 2, "not an IPv4 address");
+    expect_failure(&["send", "tcp://1.2.3:5", "x"], 2, "not an IPv4 address");
 }
 
 #[test]
 fn a_max_outbuf_below_the_minimum_is_a_usage_error_naming_it() {
     let config = sockloop::Config::default();
     let min = config.high_water + sockloop::READ_BUFFER;
-    let dir = util::TempDir::new();
+    let dir = TempDir::new();
     let sock = dir.join("s.sock");
     let listen = format!("unix:{}", sock.display());
     for below in [0, 1000, min - 1] {
         let below = below.to_string();
-        let err = util::expect_failure(
+        let err = expect_failure(
             &["serve", "--listen", &listen, "--max-outbuf", &below],
             2,
             &format!("minimum of {min} bytes"),
