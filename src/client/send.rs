@@ -118,7 +118,7 @@ fn send_stream(
             }
         }
         // Write what the socket takes; a writable event brings the rest.
-        if conn.owes() && conn.readiness().writable() {
+        if conn.can_flush() {
             conn.flush(&mut outboxes, &mut stats)?;
         }
         if !conn.owes() && !write_shut {

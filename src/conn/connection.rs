@@ -78,6 +78,16 @@ impl Connection {
         !self.outbox.is_empty() || self.transport.holds_output()
     }
 
+    /// True when a [`flush`](Self::flush) can make progress now: the socket is
+    /// writable, and output is owed that the transport can take — its own held
+    /// records, or queued bytes once any TLS handshake is over (until then the queue
+    /// waits, and the read that completes the handshake makes this true).
+    pub(crate) fn can_flush(&self) -> bool {
+        self.readiness.writable()
+            && (self.transport.holds_output()
+                || (!self.outbox.is_empty() && !self.transport.is_handshaking()))
+    }
+
     /// Reads once into `buf`.
     ///
     /// A read shorter than the buffer means the kernel's queue was emptied at that

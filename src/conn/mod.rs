@@ -257,7 +257,7 @@ impl Conns {
         match e.phase {
             Phase::Closed => return Step::Wait,
             // Older output first.
-            _ if owes && ready.writable() => return Step::Flush,
+            _ if e.conn.can_flush() => return Step::Flush,
             Phase::Closing if owes => return Step::Wait,
             Phase::Closing => return Step::Shutdown,
             Phase::Lingering if ready.readable() => return Step::Read,

@@ -69,7 +69,7 @@ impl Service for Chat {
 
     fn open(&mut self, ctx: &mut Context<'_>) -> Partial {
         self.members.push(ctx.id());
-        Vec::new()
+        Partial::new()
     }
 
     fn data(&mut self, partial: &mut Partial, data: &[u8], ctx: &mut Context<'_>) {
@@ -89,7 +89,7 @@ impl Service for Chat {
                     self.relay(from, ctx);
                     return too_long(partial, ctx);
                 }
-                partial.extend_from_slice(rest);
+                partial.push(rest);
                 break;
             };
             let (piece, tail) = rest.split_at(i + 1);
@@ -101,8 +101,8 @@ impl Service for Chat {
             }
             self.batch.extend_from_slice(prefix);
             if !partial.is_empty() {
-                self.batch.extend_from_slice(partial);
-                *partial = Vec::new();
+                self.batch.extend_from_slice(partial.as_slice());
+                partial.clear();
             }
             self.batch.extend_from_slice(piece);
         }

@@ -36,14 +36,58 @@ impl Line {
     }
 }
 
-/// A line's worth of bytes waiting for its `\n`; empty (and unallocated) between lines.
-pub type Partial = Vec<u8>;
+/// A line's worth of bytes waiting for its `\n`.
+///
+/// Between lines it holds nothing at all — not even an empty buffer's pointer, length
+/// and capacity — so that the state of an idle line or chat connection is one word
+/// (see the memory figures in the crate guide).
+#[derive(Debug, Default)]
+pub struct Partial(Option<Box<Vec<u8>>>);
+
+impl Partial {
+    /// No line begun.
+    pub fn new() -> Self {
+        Partial(None)
+    }
+
+    /// True between lines.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Bytes of the line so far.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| v.len())
+    }
+
+    /// The line so far.
+    pub fn as_slice(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// Adds bytes to the line.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.0.get_or_insert_default().extend_from_slice(bytes);
+        }
+    }
+
+    /// Starts over with `bytes` (nothing, if empty), releasing what was held.
+    pub fn set(&mut self, bytes: &[u8]) {
+        self.0 = (!bytes.is_empty()).then(|| Box::new(bytes.to_vec()));
+    }
+
+    /// Drops the line and its memory.
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Service for Line {
     type State = Partial;
 
     fn open(&mut self, _ctx: &mut Context<'_>) -> Partial {
-        Vec::new()
+        Partial::new()
     }
 
     fn data(&mut self, partial: &mut Partial, data: &[u8], ctx: &mut Context<'_>) {
@@ -53,11 +97,11 @@ impl Service for Line {
             // Complete the line begun in an earlier read.
             match find_newline(rest) {
                 Some(i) if partial.len() + i < max => {
-                    partial.extend_from_slice(&rest[..=i]);
+                    partial.push(&rest[..=i]);
                     rest = &rest[i + 1..];
                 }
                 None if partial.len() + rest.len() <= max => {
-                    partial.extend_from_slice(rest);
+                    partial.push(rest);
                     return;
                 }
                 _ => return too_long(partial, ctx),
@@ -66,17 +110,17 @@ impl Service for Line {
         let (complete, over) = complete_lines(rest, max);
         // The completed partial line and the run of whole lines after it go out in one
         // write (a writev when both are there).
-        ctx.write_vectored(&[partial, &rest[..complete]]);
+        ctx.write_vectored(&[partial.as_slice(), &rest[..complete]]);
         if over {
             return too_long(partial, ctx);
         }
-        *partial = rest[complete..].to_vec();
+        partial.set(&rest[complete..]);
     }
 
     fn eof(&mut self, partial: &mut Partial, ctx: &mut Context<'_>) {
         if !partial.is_empty() {
-            ctx.write(partial);
-            *partial = Vec::new();
+            ctx.write(partial.as_slice());
+            partial.clear();
         }
     }
 
@@ -97,7 +141,7 @@ impl Service for Line {
 
 /// Refuses an over-long line: the error, then the connection closes once it is sent.
 pub(crate) fn too_long(partial: &mut Partial, ctx: &mut Context<'_>) {
-    *partial = Vec::new();
+    partial.clear();
     ctx.write(TOO_LONG);
     ctx.close();
 }

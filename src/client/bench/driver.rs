@@ -171,6 +171,9 @@ impl<'a> Driver<'a> {
                 lane.alive = false;
                 self.tally.error(|| format!("conn {}: write: {e}", lane.id));
             }
+            // A TLS client's first flight is held by the transport, waiting for a
+            // write: no event will ask for it.
+            self.flush(lane);
         }
     }
 
@@ -188,7 +191,7 @@ impl<'a> Driver<'a> {
 
     /// Writes what the lane owes, if its socket is writable.
     pub(super) fn flush(&mut self, lane: &mut Lane) {
-        if lane.alive && lane.conn.owes() && lane.conn.readiness().writable() {
+        if lane.alive && lane.conn.can_flush() {
             if let Err(e) = lane.conn.flush(&mut self.outboxes, &mut self.stats) {
                 lane.alive = false;
                 self.tally.error(|| format!("conn {}: write: {e}", lane.id));
