@@ -37,6 +37,7 @@ impl Readiness {
     /// Adds what an event reports. Flags are only ever added here: an event never
     /// says that something stopped being true. A read-closed event means readable
     /// too: the end of file is there to be read.
+    #[inline]
     pub(crate) fn add(&mut self, ev: &Event) {
         if ev.is_readable() {
             self.0 |= READABLE;
@@ -56,27 +57,32 @@ impl Readiness {
     }
 
     /// True until a read shows there is nothing more to read.
+    #[inline]
     pub(crate) fn readable(self) -> bool {
         self.0 & READABLE != 0
     }
 
     /// True until a write shows the send buffer is full.
+    #[inline]
     pub(crate) fn writable(self) -> bool {
         self.0 & WRITABLE != 0
     }
 
     /// True once an event reported the peer's FIN as queued: a short read does not mean
     /// the socket is drained, because the end of file is still waiting to be read.
+    #[inline]
     pub(crate) fn read_closed(self) -> bool {
         self.0 & READ_CLOSED != 0
     }
 
     /// A read returned `WouldBlock` or came back short: wait for the next edge.
+    #[inline]
     pub(crate) fn clear_readable(&mut self) {
         self.0 &= !READABLE;
     }
 
     /// A write returned `WouldBlock` or came back short: wait for the next edge.
+    #[inline]
     pub(crate) fn clear_writable(&mut self) {
         self.0 &= !WRITABLE;
     }

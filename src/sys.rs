@@ -42,7 +42,9 @@ pub fn memory_limit() -> Option<u64> {
     let physical = {
         let pages = nix::unistd::sysconf(nix::unistd::SysconfVar::_PHYS_PAGES).ok()??;
         let size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
-        u64::try_from(pages).ok()?.checked_mul(u64::try_from(size).ok()?)
+        u64::try_from(pages)
+            .ok()?
+            .checked_mul(u64::try_from(size).ok()?)
     };
     // cgroup v2: "max" means no limit, a number is the limit in bytes.
     let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")

@@ -247,4 +247,3 @@ impl ClientTlsOptions {
         self.ca.is_none() && self.server_name.is_none() && self.identity.is_none()
     }
 }
-

@@ -156,3 +156,62 @@ fn fin_arriving_with_the_data_is_not_missed() {
         "one short read of the data and one of the EOF: {stats:?}"
     );
 }
+
+/// Writes a greeting as soon as a connection opens.
+struct Greeter;
+
+impl Service for Greeter {
+    type State = ();
+    fn open(&mut self, ctx: &mut Context<'_>) {
+        ctx.write(b"hello\n");
+    }
+    fn data(&mut self, _: &mut (), _: &[u8], _: &mut Context<'_>) {}
+}
+
+/// A greeting written while a TLS handshake is under way cannot go out yet; it waits in
+/// the connection's queue without a system call, so the counters of system calls must
+/// not count one (they once counted a `write` and a `WouldBlock`). And since the socket
+/// was writable all along, no event will say so once the handshake completes: the
+/// read that completes it must let the greeting go.
+#[test]
+fn a_write_during_the_tls_handshake_is_no_system_call_and_goes_out_after_it() {
+    let dir = util::fs::TempDir::new();
+    let pki = util::pki::Pki::new(dir.path());
+    let tls = sockloop::tls::server_config(&pki.server_cert, &pki.server_key, None).unwrap();
+    let mut server = sockloop::Builder::new()
+        .listen("tls://127.0.0.1:0".parse().unwrap())
+        .tls(tls)
+        .build(Greeter)
+        .unwrap();
+    let addr = sockaddr(&server.local_addrs()[0]);
+    // TCP only: the handshake has not begun when the server accepts.
+    let tcp = connect(addr);
+    turn_until(&mut server, "the connection to be accepted", |s| {
+        s.stats().accepted == 1
+    });
+    let s = server.stats();
+    assert_eq!(
+        (s.writes, s.write_would_block, s.bytes_out),
+        (0, 0, 0),
+        "nothing can be written before the handshake, and nothing was"
+    );
+
+    let ca = sockloop::tls::client_config(Some(&pki.ca), None).unwrap();
+    let client = std::thread::spawn(move || {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(ca, name).unwrap();
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        let mut greeting = [0u8; 6];
+        stream.read_exact(&mut greeting).map(|()| greeting)
+    });
+    turn_until(&mut server, "the greeting to be written", |s| {
+        s.stats().bytes_out == 6
+    });
+    let greeting = client
+        .join()
+        .unwrap()
+        .expect("the greeting after the handshake");
+    assert_eq!(&greeting, b"hello\n");
+    let s = server.stats();
+    assert!(s.writes >= 1 && s.tls_handshakes == 1, "{s:?}");
+}

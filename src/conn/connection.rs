@@ -58,11 +58,13 @@ impl Connection {
     }
 
     /// What is known of the socket's readiness.
+    #[inline]
     pub(crate) fn readiness(&self) -> Readiness {
         self.readiness
     }
 
     /// Records a readiness event (see [`Readiness`]).
+    #[inline]
     pub(crate) fn add_event(&mut self, ev: &mio::event::Event) {
         self.readiness.add(ev);
     }
@@ -72,8 +74,15 @@ impl Connection {
         outboxes.len(self.outbox)
     }
 
+    /// True while nothing is queued here (the transport may still hold records).
+    #[inline]
+    pub(crate) fn nothing_queued(&self) -> bool {
+        self.outbox.is_empty()
+    }
+
     /// True while output is owed: queued here, or held below by the transport (TLS
     /// records that did not fit the socket).
+    #[inline]
     pub(crate) fn owes(&self) -> bool {
         !self.outbox.is_empty() || self.transport.holds_output()
     }
@@ -82,6 +91,7 @@ impl Connection {
     /// writable, and output is owed that the transport can take — its own held
     /// records, or queued bytes once any TLS handshake is over (until then the queue
     /// waits, and the read that completes the handshake makes this true).
+    #[inline]
     pub(crate) fn can_flush(&self) -> bool {
         self.readiness.writable()
             && (self.transport.holds_output()
@@ -95,6 +105,7 @@ impl Connection {
     /// flag is cleared and the read that would only say `WouldBlock` is never made —
     /// unless an event already reported the peer's FIN as queued: then the caller
     /// reads on to the end of file, which no later edge would announce.
+    #[inline]
     pub(crate) fn read(&mut self, buf: &mut [u8], stats: &mut Stats) -> Input {
         let io = self.transport.read(buf);
         count(&io, stats, false);
@@ -133,50 +144,44 @@ impl Connection {
         outboxes: &mut Outboxes,
         stats: &mut Stats,
     ) -> Result<usize, Fault> {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
+        // Leave out empty parts, so that one real slice among them is a plain write().
+        let mut inline: [&[u8]; 4] = [&[]; 4];
+        let parts: &[&[u8]] = match parts {
+            [_] => parts,
+            _ if parts.len() <= inline.len() => {
+                let mut n = 0;
+                for p in parts.iter().filter(|p| !p.is_empty()) {
+                    inline[n] = p;
+                    n += 1;
+                }
+                &inline[..n]
+            }
+            _ => parts,
+        };
+        let total: usize = match parts {
+            [one] => one.len(),
+            _ => parts.iter().map(|p| p.len()).sum(),
+        };
         if total == 0 {
             return Ok(0);
         }
-        // Leave out empty parts, so that one real slice among them is a plain write().
-        let mut inline: [&[u8]; 4] = [&[]; 4];
-        let parts: &[&[u8]] = if parts.len() <= inline.len() {
-            let mut n = 0;
-            for p in parts.iter().filter(|p| !p.is_empty()) {
-                inline[n] = p;
-                n += 1;
-            }
-            &inline[..n]
-        } else {
-            parts
-        };
-        let written = if self.owes() || !self.readiness.writable() {
-            0
-        } else {
-            let io = self.transport.write(parts);
-            count(&io, stats, true);
-            match io.status {
-                Status::Continue => {}
-                Status::Handshaking => trace!("write: handshake under way, queueing {total} bytes"),
-                Status::Drained => {
-                    stats.short_writes += 1;
-                    self.readiness.clear_writable();
-                    trace!(
-                        "partial write: {} of {total} bytes, queueing {}",
-                        io.bytes,
-                        total - io.bytes
-                    );
-                }
-                Status::WouldBlock => {
-                    stats.write_would_block += 1;
-                    self.readiness.clear_writable();
-                    trace!("write: would block, queueing {} bytes", total - io.bytes);
-                }
-                Status::Closed => {}
-                Status::Failed(f) => return Err(f),
-            }
-            io.bytes
-        };
-        let mut skip = written;
+        if !self.outbox.is_empty() || !self.readiness.writable() || self.transport.holds_output() {
+            self.queue(parts, 0, outboxes);
+            return Ok(0);
+        }
+        let io = self.transport.write(parts, total);
+        count(&io, stats, true);
+        if !matches!(io.status, Status::Continue) {
+            let written = io.bytes;
+            self.write_stopped(io.status, stats, written, total)?;
+            self.queue(parts, written, outboxes);
+            return Ok(written);
+        }
+        Ok(io.bytes)
+    }
+
+    /// Queues what is left of `parts` after the first `skip` bytes.
+    fn queue(&mut self, parts: &[&[u8]], mut skip: usize, outboxes: &mut Outboxes) {
         for p in parts {
             if skip >= p.len() {
                 skip -= p.len();
@@ -185,13 +190,45 @@ impl Connection {
                 skip = 0;
             }
         }
-        Ok(written)
+    }
+
+    /// A write that took `written` of `total` bytes: counts why it stopped, and clears
+    /// the writable flag when the socket is full. The rest is about to be queued.
+    #[cold]
+    fn write_stopped(
+        &mut self,
+        status: Status,
+        stats: &mut Stats,
+        written: usize,
+        total: usize,
+    ) -> Result<(), Fault> {
+        let left = total - written;
+        match status {
+            Status::Continue | Status::Closed => {}
+            Status::Handshaking => trace!("write: handshake under way, queueing {left} bytes"),
+            Status::Drained => {
+                stats.short_writes += 1;
+                self.readiness.clear_writable();
+                trace!("partial write: {written} of {total} bytes, queueing {left}");
+            }
+            Status::WouldBlock => {
+                stats.write_would_block += 1;
+                self.readiness.clear_writable();
+                trace!("write: would block, queueing {left} bytes");
+            }
+            Status::Failed(f) => return Err(f),
+        }
+        Ok(())
     }
 
     /// Writes what is owed, oldest first, until it is all gone or the socket is full:
     /// output held by the transport first (it is older), then the queue. Returns the
     /// bytes of the queue that the socket took.
-    pub(crate) fn flush(&mut self, outboxes: &mut Outboxes, stats: &mut Stats) -> Result<usize, Fault> {
+    pub(crate) fn flush(
+        &mut self,
+        outboxes: &mut Outboxes,
+        stats: &mut Stats,
+    ) -> Result<usize, Fault> {
         if self.transport.holds_output() {
             let io = self.transport.flush_held();
             count(&io, stats, true);
@@ -257,6 +294,7 @@ impl Connection {
     /// Once, after the read that completed a TLS handshake: its protocol and cipher
     /// suite. Nothing else needs doing then — output queued during the handshake is
     /// written because the writable flag was never cleared.
+    #[inline]
     pub(crate) fn take_established(&mut self) -> Option<String> {
         self.transport.take_established()
     }
@@ -265,6 +303,7 @@ impl Connection {
 /// Adds an I/O call's system calls to the counters, and for a write the bytes it
 /// took (bytes read are counted by the caller, which knows whether they were served or
 /// discarded).
+#[inline]
 fn count(io: &Io, stats: &mut Stats, write: bool) {
     stats.reads += u64::from(io.reads);
     stats.writes += u64::from(io.writes);

@@ -172,6 +172,7 @@ impl Flags {
     const TIMER_SHIFT: u8 = 4;
     const TIMER_MASK: u8 = 0b11 << Self::TIMER_SHIFT;
 
+    #[inline]
     pub(crate) fn has(self, flag: u8) -> bool {
         self.0 & flag != 0
     }
@@ -185,6 +186,7 @@ impl Flags {
     }
 
     /// The deadline list the connection is on.
+    #[inline]
     pub(crate) fn timer(self) -> Option<Timer> {
         match (self.0 & Self::TIMER_MASK) >> Self::TIMER_SHIFT {
             1 => Some(Timer::Idle),

@@ -158,7 +158,9 @@ impl Conns {
         };
         let conn = Connection::new(transport, Readiness::WRITABLE);
         let listener = u16::try_from(listener).unwrap_or(u16::MAX);
-        let key = self.entries.insert(Entry::new(conn, self.next_seq, listener));
+        let key = self
+            .entries
+            .insert(Entry::new(conn, self.next_seq, listener));
         self.start_timer(key, timer);
         key
     }
@@ -169,6 +171,7 @@ impl Conns {
     }
 
     /// True when `key` holds the connection whose token carried `seq`.
+    #[inline]
     pub(crate) fn is_current(&self, key: usize, seq: usize) -> bool {
         self.entries
             .get(key)
@@ -176,6 +179,7 @@ impl Conns {
     }
 
     /// The connection's id, as services see it.
+    #[inline]
     pub(crate) fn id(&self, key: usize) -> ConnId {
         ConnId {
             seq: self.entries[key].seq,
@@ -199,6 +203,7 @@ impl Conns {
     }
 
     /// Where the connection is in its life.
+    #[inline]
     pub(crate) fn phase(&self, key: usize) -> Phase {
         self.entries[key].phase
     }
@@ -227,6 +232,7 @@ impl Conns {
     }
 
     /// Records a readiness event.
+    #[inline]
     pub(crate) fn add_event(&mut self, key: usize, ev: &mio::event::Event) {
         self.entries[key].conn.add_event(ev);
     }
@@ -250,20 +256,42 @@ impl Conns {
     /// least the high-water mark is not read (its peer's bytes wait in the kernel, and
     /// TCP slows the peer down) until it owes at most the low-water mark again — and
     /// then, its readable flag having been kept, it is read at once.
+    #[inline]
     pub(crate) fn next_step(&mut self, key: usize, stats: &mut Stats) -> Step {
         let e = &mut self.entries[key];
         let ready = e.conn.readiness();
-        let owes = e.conn.owes();
+        // Older output first.
+        if e.conn.can_flush() && e.phase != Phase::Closed {
+            return Step::Flush;
+        }
         match e.phase {
-            Phase::Closed => return Step::Wait,
-            // Older output first.
-            _ if e.conn.can_flush() => return Step::Flush,
-            Phase::Closing if owes => return Step::Wait,
+            Phase::Open => {}
+            Phase::Closing if e.conn.owes() => return Step::Wait,
             Phase::Closing => return Step::Shutdown,
             Phase::Lingering if ready.readable() => return Step::Read,
-            Phase::Lingering => return Step::Wait,
-            Phase::Open => {}
+            Phase::Lingering | Phase::Closed => return Step::Wait,
         }
+        // The common case, kept short: nothing owed, not paused, nothing to produce —
+        // read if there is input, else wait.
+        if e.conn.nothing_queued()
+            && !e
+                .flags
+                .has(Flags::PAUSED | Flags::PEER_EOF | Flags::WANTS_WRITABLE)
+        {
+            return if ready.readable() {
+                Step::Read
+            } else {
+                Step::Wait
+            };
+        }
+        self.open_step(key, stats)
+    }
+
+    /// [`next_step`](Self::next_step) for an open connection that owes output, is
+    /// paused, or wants to produce.
+    fn open_step(&mut self, key: usize, stats: &mut Stats) -> Step {
+        let e = &mut self.entries[key];
+        let ready = e.conn.readiness();
         let queued = e.conn.queued(&self.outboxes);
         if e.flags.has(Flags::PAUSED) && queued <= self.limits.low_water {
             e.flags.set(Flags::PAUSED, false);
@@ -278,7 +306,7 @@ impl Conns {
             stats.backpressure_pauses += 1;
             trace!("conn {}: pause reading, {queued} bytes unsent", e.seq);
         }
-        if e.flags.has(Flags::WANTS_WRITABLE) && !owes && ready.writable() {
+        if e.flags.has(Flags::WANTS_WRITABLE) && !e.conn.owes() && ready.writable() {
             return Step::Produce;
         }
         Step::Wait
@@ -317,17 +345,19 @@ impl Conns {
         }
         match e.conn.send(parts, &mut self.outboxes, stats) {
             Ok(written) => {
-                let queued = e.conn.queued(&self.outboxes);
-                if queued > self.limits.max_outbuf {
-                    let limit = self.limits.max_outbuf;
-                    self.close_asap(key, Reason::SlowConsumer { queued, limit });
-                    return;
+                if !e.conn.nothing_queued() {
+                    let queued = e.conn.queued(&self.outboxes);
+                    if queued > self.limits.max_outbuf {
+                        let limit = self.limits.max_outbuf;
+                        self.close_asap(key, Reason::SlowConsumer { queued, limit });
+                        return;
+                    }
+                    if self.outboxes.total() > self.limits.max_outbuf_total {
+                        self.over_total = true;
+                    }
                 }
                 if written > 0 {
                     self.touch(key);
-                }
-                if self.outboxes.total() > self.limits.max_outbuf_total {
-                    self.over_total = true;
                 }
             }
             Err(fault) => self.close_asap(key, fault.into()),
@@ -406,6 +436,12 @@ impl Conns {
         self.closing.push((key, e.seq, reason));
     }
 
+    /// True when a connection was closed since the last [`take_closed`](Self::take_closed).
+    #[inline]
+    pub(crate) fn has_closed(&self) -> bool {
+        !self.closing.is_empty() || self.over_total
+    }
+
     /// The next connection to remove and why: one closed as soon as possible, or, when
     /// the output of all connections passed its limit, the one that owes the most.
     pub(crate) fn take_closed(&mut self) -> Option<(usize, Reason)> {
@@ -452,7 +488,10 @@ impl Conns {
                 total,
                 limit,
             };
-            warn!("conn {} from {peer}: closing, {reason}", self.entries[key].seq);
+            warn!(
+                "conn {} from {peer}: closing, {reason}",
+                self.entries[key].seq
+            );
             self.close_asap(key, reason);
         }
     }
@@ -501,7 +540,11 @@ impl Conns {
     }
 
     /// Records traffic on a connection for its idle timer.
+    #[inline]
     fn touch(&mut self, key: usize) {
+        if self.limits.idle_ms.is_none() {
+            return;
+        }
         let e = &self.entries[key];
         if e.flags.timer() == Some(Timer::Idle)
             && self.now_ms >= e.links.stamp + TOUCH_GRANULARITY_MS

@@ -47,6 +47,7 @@ pub(crate) struct Outbox(u32);
 
 impl Outbox {
     /// True when nothing is queued.
+    #[inline]
     pub(crate) fn is_empty(self) -> bool {
         self.0 == 0
     }
@@ -99,6 +100,7 @@ impl Outboxes {
     }
 
     /// Bytes queued for one connection.
+    #[inline]
     pub(crate) fn len(&self, ob: Outbox) -> usize {
         if ob.is_empty() {
             0
@@ -114,7 +116,12 @@ impl Outboxes {
 
     /// Bytes held in chunks, queued or spare: the memory this pool holds.
     pub(crate) fn held(&self) -> usize {
-        (self.queues.iter().map(|(_, q)| q.chunks.len()).sum::<usize>() + self.spare.len())
+        (self
+            .queues
+            .iter()
+            .map(|(_, q)| q.chunks.len())
+            .sum::<usize>()
+            + self.spare.len())
             * CHUNK
     }
 
@@ -173,14 +180,15 @@ impl Outboxes {
             let io = {
                 let mut parts: [&[u8]; WRITEV_CHUNKS] = [&[]; WRITEV_CHUNKS];
                 let last = q.chunks.len() - 1;
-                let mut n = 0;
+                let (mut n, mut len) = (0, 0);
                 for (i, c) in q.chunks.iter().take(WRITEV_CHUNKS).enumerate() {
                     let from = if i == 0 { q.head } else { 0 };
                     let to = if i == last { q.tail } else { CHUNK };
                     parts[n] = &c[from..to];
+                    len += to - from;
                     n += 1;
                 }
-                transport.write(&parts[..n])
+                transport.write(&parts[..n], len)
             };
             done.bytes += io.bytes;
             done.reads += io.reads;
@@ -276,7 +284,11 @@ mod tests {
         assert_eq!(drain(&mut o, &mut ob), data);
         assert!(ob.is_empty());
         assert_eq!(o.total(), 0);
-        assert_eq!(o.spare.len(), 4, "the emptied chunks are kept for the next burst");
+        assert_eq!(
+            o.spare.len(),
+            4,
+            "the emptied chunks are kept for the next burst"
+        );
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl<S: Service> EventLoop<S> {
         // so (Handshaking) and sends nothing.
         let msg = self.service.reject_message(i);
         if !msg.is_empty() && self.draining_until.is_none() {
-            let _ = transport.write(&[msg]);
+            let _ = transport.write(&[msg], msg.len());
         }
         let _ = transport.shutdown_write();
         // Take whatever already arrived, so the close sends a FIN and not a reset that

@@ -381,11 +381,9 @@ impl<S: Service> EventLoop<S> {
     /// Serves a connection or socket left over from last turn.
     fn serve_carried(&mut self, t: Token) {
         match token::decode(t) {
-            Target::Conn { key, seq } => {
-                if self.conns.is_current(key, seq) {
-                    self.conns.unmark_ready_listed(key);
-                    self.serve(key);
-                }
+            Target::Conn { key, seq } if self.conns.is_current(key, seq) => {
+                self.conns.unmark_ready_listed(key);
+                self.serve(key);
             }
             Target::Socket(i) => {
                 self.sockets[i].ready_listed = false;

@@ -24,9 +24,9 @@ use std::io;
 use log::{debug, trace};
 
 use super::{EventLoop, SocketKind};
+use crate::service::{DatagramContext, Service};
 #[cfg(any(target_os = "linux", target_os = "android"))]
 use crate::socket::Batch;
-use crate::service::{DatagramContext, Service};
 use crate::socket::{DatagramSocket, Received};
 use crate::stats::Stats;
 use crate::transport::PeerAddr;

@@ -89,7 +89,7 @@ impl<S: Service> EventLoop<S> {
                     self.callback(key, Callback::Writable);
                 }
             }
-            if self.reap(key) {
+            if self.conns.has_closed() && self.reap(key) {
                 return;
             }
         }

@@ -166,7 +166,10 @@ mod tests {
         assert_eq!(n, 2, "both datagrams are results, addressed or not");
         let (first, from) = batch.datagram(0);
         assert_eq!(first, b"from nobody");
-        assert!(from.is_none(), "no address was written for an unnamed sender");
+        assert!(
+            from.is_none(),
+            "no address was written for an unnamed sender"
+        );
         let (second, from) = batch.datagram(1);
         assert_eq!(second, b"from named");
         assert!(from.is_none());

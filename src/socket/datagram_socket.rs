@@ -72,7 +72,10 @@ impl DatagramSocket {
     /// answer (a temporary socket file, removed when the socket is dropped). A UDP
     /// client of a loopback server binds the server's own loopback address, so its
     /// replies never leave loopback.
-    pub(crate) fn connect(endpoint: &Endpoint, addr: Option<SocketAddr>) -> io::Result<DatagramSocket> {
+    pub(crate) fn connect(
+        endpoint: &Endpoint,
+        addr: Option<SocketAddr>,
+    ) -> io::Result<DatagramSocket> {
         match (endpoint, addr) {
             (Endpoint::Udp(_), Some(addr)) => {
                 let local = match addr.ip() {

@@ -17,7 +17,6 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) use batch::{BATCH, Batch, peer_of};
 pub(crate) use connect::{connect, finish_connect, resolve};

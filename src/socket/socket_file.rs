@@ -26,7 +26,11 @@ pub(crate) struct SocketFile {
 impl SocketFile {
     /// Binds a new non-blocking Unix socket of type `ty` at `path`, clearing a stale
     /// file first and setting the file's permission bits if asked.
-    pub(crate) fn bind(path: &Path, ty: Type, perm: Option<u32>) -> io::Result<(Socket, SocketFile)> {
+    pub(crate) fn bind(
+        path: &Path,
+        ty: Type,
+        perm: Option<u32>,
+    ) -> io::Result<(Socket, SocketFile)> {
         clear_stale(path, ty)?;
         let sock = Socket::new(Domain::UNIX, ty, None)?;
         sock.set_nonblocking(true)?;

@@ -101,6 +101,7 @@ impl From<Fault> for io::Error {
 }
 
 impl Io {
+    #[inline]
     fn read_result(r: io::Result<usize>, len: usize) -> Io {
         let bytes = *r.as_ref().unwrap_or(&0);
         let status = match r {
@@ -118,6 +119,7 @@ impl Io {
         }
     }
 
+    #[inline]
     fn write_result(r: io::Result<usize>, len: usize) -> Io {
         let bytes = *r.as_ref().unwrap_or(&0);
         let status = match r {
@@ -139,6 +141,7 @@ impl Io {
     }
 
     /// Nothing done, nothing to do.
+    #[inline]
     pub(crate) const fn idle() -> Io {
         Io {
             bytes: 0,
@@ -151,6 +154,7 @@ impl Io {
 
 /// Calls `f` again while it fails with `EINTR`: a signal arrived mid-call, which says
 /// nothing about the socket.
+#[inline]
 fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
         match f() {
@@ -209,6 +213,7 @@ impl Transport {
 
     /// Reads what is there, up to `buf.len()` bytes, with one `read` (TLS: as many as
     /// it takes to fill `buf` or drain the socket).
+    #[inline]
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> Io {
         match self {
             Transport::Tcp(s) => Io::read_result(retry(|| s.read(buf)), buf.len()),
@@ -217,10 +222,10 @@ impl Transport {
         }
     }
 
-    /// Writes `parts` as if concatenated: one `write` for one part, one `writev` for
-    /// several.
-    pub(crate) fn write(&mut self, parts: &[&[u8]]) -> Io {
-        let len = parts.iter().map(|p| p.len()).sum();
+    /// Writes `parts`, `len` bytes in all, as if concatenated: one `write` for one
+    /// part, one `writev` for several.
+    #[inline]
+    pub(crate) fn write(&mut self, parts: &[&[u8]], len: usize) -> Io {
         match self {
             Transport::Tcp(s) => Io::write_result(write_parts(s, parts), len),
             Transport::Unix(s) => Io::write_result(write_parts(s, parts), len),
@@ -239,6 +244,7 @@ impl Transport {
     }
 
     /// True while the transport holds output of its own (see [`flush_held`](Self::flush_held)).
+    #[inline]
     pub(crate) fn holds_output(&self) -> bool {
         match self {
             Transport::Tls(s) => s.holds_output(),
@@ -276,6 +282,7 @@ impl Transport {
 
     /// Once, right after the read that completed a TLS handshake: the negotiated
     /// protocol and cipher suite, for the log. Plain streams have no handshake.
+    #[inline]
     pub(crate) fn take_established(&mut self) -> Option<String> {
         match self {
             Transport::Tls(s) => s.take_established().then(|| s.describe()),
@@ -285,6 +292,7 @@ impl Transport {
 
     /// True while a handshake is under way: the connection is on the handshake
     /// deadline, not the idle timer.
+    #[inline]
     pub(crate) fn is_handshaking(&self) -> bool {
         matches!(self, Transport::Tls(s) if s.is_handshaking())
     }
@@ -311,6 +319,7 @@ impl Transport {
 
 /// One `write` for one slice, one `writev` for several, without allocating for the
 /// common small case.
+#[inline]
 fn write_parts<W: Write>(w: &mut W, parts: &[&[u8]]) -> io::Result<usize> {
     const INLINE: usize = 16;
     if let [one] = parts {

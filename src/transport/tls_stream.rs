@@ -309,7 +309,8 @@ impl TlsStream {
                 // Decrypted bytes already waiting (a full buffer, leftover ciphertext,
                 // or the end of input behind the data) mean another read has something
                 // without the socket: say Continue, whatever the socket said.
-                io.status = if io.bytes > 0 && (socket.is_none() || self.eof || !self.rx.is_empty()) {
+                io.status = if io.bytes > 0 && (socket.is_none() || self.eof || !self.rx.is_empty())
+                {
                     Status::Continue
                 } else if io.bytes == 0 && self.eof {
                     Status::Closed

@@ -56,6 +56,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_outbuf)]
     max_outbuf: usize,
 
+    /// When the unsent output of all connections together passes this, those that owe
+    /// the most are closed as slow consumers until it is a tenth below. With
+    /// --workers, each worker takes an equal share. Default: a quarter of the memory
+    /// the process may use (its cgroup's limit, else the machine's memory).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    max_outbuf_total: Option<u64>,
+
     /// On SIGINT/SIGTERM, wait at most this long for connections to drain.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().shutdown_timeout))]
     shutdown_timeout: Secs,
@@ -197,6 +204,12 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     config.handshake_timeout = args.handshake_timeout.0;
     config.handle_signals = true;
     config.allow_service_ports = args.allow_service_ports;
+    // The memory ceiling is the server's too: each worker gets its share.
+    let max_outbuf_total = args
+        .max_outbuf_total
+        .map_or_else(sys::default_max_outbuf_total, |n| n as usize);
+    let outbuf_share = (max_outbuf_total / args.workers as usize).max(1);
+    config.max_outbuf_total = Some(outbuf_share);
     // The limit is the server's: workers share the process's descriptors.
     config.max_conns = Some(
         (args
@@ -258,10 +271,11 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         String::new()
     };
     info!(
-        "serving {} on {} listener(s){on}, at most {} connections{} (descriptor limit {nofile})",
+        "serving {} on {} listener(s){on}, at most {} connections and {} MiB of unsent output{} (descriptor limit {nofile})",
         args.mode,
         listen.len(),
         server.max_conns(),
+        outbuf_share >> 20,
         if workers > 1 { " per worker" } else { "" },
     );
 

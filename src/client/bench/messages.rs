@@ -78,9 +78,8 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>
     for lane in lanes.iter().flatten() {
         if lane.alive && !lane.since.is_empty() {
             let missing = lane.since.len();
-            d.tally.error(|| {
-                format!("conn {}: {missing} messages never came back", lane.id)
-            });
+            d.tally
+                .error(|| format!("conn {}: {missing} messages never came back", lane.id));
         }
     }
 }

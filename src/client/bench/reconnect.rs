@@ -73,7 +73,9 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
             if token::seq_bits(s.generation) != seq {
                 continue;
             }
-            let Some(lane) = s.lane.as_mut() else { continue };
+            let Some(lane) = s.lane.as_mut() else {
+                continue;
+            };
             if !s.connected {
                 if !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
                     continue;
