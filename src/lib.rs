@@ -45,7 +45,7 @@
 //!
 //! impl Service for Measure {
 //!     /// Per connection: the line begun but not yet ended.
-//!     type Conn = Vec<u8>;
+//!     type State = Vec<u8>;
 //!
 //!     fn open(&mut self, _ctx: &mut Context<'_>) -> Vec<u8> {
 //!         Vec::new() // allocates nothing until needed
@@ -96,46 +96,61 @@
 //! socket is non-blocking: where a blocking call would wait, the call fails at once
 //! with `EAGAIN`, which Rust reports as [`std::io::ErrorKind::WouldBlock`]. The loop
 //! asks the kernel which sockets are *ready* — have bytes to read, or room to write —
-//! and only then calls them. The rest of this section is what that takes to get right.
+//! and only then calls them. The rest of this section is what that takes to get right;
+//! it is the one explanation of these rules, and the code links here.
 //!
 //! ### One turn
 //!
 //! [`EventLoop::turn`] is one step: `poll` (Linux `epoll_wait`) sleeps until a socket is
 //! ready or the next deadline (an idle timeout) is due, then each readiness event is
-//! dispatched — accept on a listener, read or write on a connection, receive on a
-//! datagram socket — then deadlines are acted on. [`EventLoop::run`] is turns until a
+//! dispatched — accept on a listener, receive on a datagram socket, or read and write
+//! on a connection — then deadlines are acted on. [`EventLoop::run`] is turns until a
 //! shutdown has finished.
 //!
-//! Each socket is registered *once*, when it is bound or accepted, for readable and
-//! writable interest together, with a `mio::Token`: one machine word the kernel hands
-//! back with every event. The token holds the connection's slot in the loop's slab
-//! (its key) and its accept sequence number. Registering once means there is no
-//! `epoll_ctl` call per message; the price is that the loop must keep track itself of
-//! what it still wants to write.
+//! Each socket is registered *once*, when it is bound or accepted, with a `mio::Token`:
+//! one machine word the kernel hands back with every event. Connections and datagram
+//! sockets register for readable and writable interest together; stream listeners,
+//! which are only ever read from (accepted), for readable alone. A connection's token
+//! holds its slot in the loop's table and its accept sequence number. Registering once
+//! means there is no `epoll_ctl` call per message; the price is that the loop must
+//! keep track itself of what each socket is ready for, and what it still wants.
 //!
-//! ### Edge-triggered readiness
+//! ### Edge-triggered readiness, kept as flags
 //!
 //! mio's readiness is *edge-triggered*: an event says "this socket became readable",
 //! once, not "this socket is readable" at every poll while it stays so. If the loop
 //! read only part of what was waiting and went back to `poll`, it would never hear of
-//! the rest. So after a readable event the loop reads until the socket is drained:
-//! until a read returns `WouldBlock`, or returns fewer bytes than the buffer holds — on
-//! a stream socket, a short read means the kernel's queue was just emptied, and data
-//! arriving later raises a new edge, so the extra read that would only say `WouldBlock`
-//! is skipped. (Unless the same event reported the peer's FIN: then the loop reads on
-//! to the end-of-file, or it would never see it.)
+//! the rest. So the loop keeps what events said as *flags* (readable, writable, and
+//! "the peer's FIN is queued"), and clears a flag only when a call shows it is no
+//! longer true: a read or write that returns `WouldBlock`, or comes back short — on a
+//! stream socket, a short read means the kernel's queue was just emptied, and data
+//! arriving later raises a new edge, so the extra read that would only say
+//! `WouldBlock` is skipped. (Unless the FIN flag is set: then the end-of-file is
+//! waiting behind the data, no edge will announce it, and the loop reads on.)
 //!
-//! Reading until drained lets one fast sender starve everyone else, so each connection
-//! gets a budget per turn ([`Config::read_budget`] reads; listeners
-//! [`Config::accept_budget`] accepts). A connection that stops on its budget has been
-//! promised an edge that will never come — its data is still waiting — so it goes on a
-//! *pending* list, served next turn without an event, and `poll` does not sleep while
-//! that list is non-empty. [`Stats::budget_yields`] counts these.
+//! What a connection *wants* — to read, to write what it owes, to shut down, to
+//! produce — is worked out from its state each time (`Conns::next_step` in
+//! `conn/mod.rs`), and the loop does the next thing the flags allow, until they allow
+//! nothing more. That one rule covers the cases a readiness loop otherwise handles one
+//! by one:
 //!
-//! Reads land in one 64 KiB buffer that belongs to the loop, not to a connection. The
-//! service sees a slice of it in [`Service::data`] and keeps only what it cannot use
-//! yet (a line without its end). A connection with nothing pending owns no buffer
-//! at all, which is how 19,000 idle connections cost about 100 bytes each.
+//! - **Budgets.** Reading until drained lets one fast sender starve everyone else, so
+//!   each connection gets a budget per turn ([`Config::read_budget`] reads; listeners
+//!   [`Config::accept_budget`] accepts). One stopped by its budget still has its
+//!   readable flag: it goes on the list of sockets to serve next turn, and `poll` does
+//!   not sleep while that list is non-empty. [`Stats::budget_yields`] counts these.
+//! - **Resume after backpressure** (below): a paused connection was not read, so its
+//!   readable flag is still set, and it is read the moment it resumes.
+//! - **Output held back by a TLS handshake**: the socket was writable all along, the
+//!   flag says so, and the queued bytes go as soon as the handshake completes.
+//!
+//! Reads land in one 64 KiB buffer that belongs to the loop, not to a connection
+//! ([`READ_BUFFER`]). The service sees a slice of it in [`Service::data`] and keeps only
+//! what it cannot use yet (a line without its end). A connection with nothing owed
+//! owns no buffer at all, which is how 19,000 idle connections cost 64 bytes each: a
+//! 48-byte table entry (the socket, a ticket to its output queue, its readiness, its
+//! sequence number, its phase, and its place in a deadline list) and the service's
+//! 16 bytes of state.
 //!
 //! ### `sendall` without blocking
 //!
@@ -143,12 +158,15 @@
 //! (`WouldBlock`, the send buffer is full). [`Context::write`] gives `sendall`'s
 //! guarantee — every byte, in order — without waiting: it writes straight from the
 //! caller's bytes when nothing is queued (no copy on the common path), and only the
-//! remainder the socket did not take is copied into the connection's queue, a
-//! [`buffer::SendBuf`]. When output is already queued, new bytes go behind it without a
-//! system call, since the peer must receive them in order. The queue is written out,
-//! oldest first, when the socket reports writable; when it empties, its memory is
-//! released. The counters [`Stats::short_writes`] and [`Stats::write_would_block`] show
-//! how often this happens.
+//! remainder the socket did not take is copied into the connection's queue. When
+//! output is already queued, new bytes go behind it without a system call, since the
+//! peer must receive them in order. The queue is written out, oldest first, when the
+//! socket reports writable. Queued bytes live in 16 KiB chunks from a pool shared by
+//! the loop's connections, written with one `writev` for many chunks; chunks come back
+//! to the pool as they are written, and beyond a spare amount
+//! ([`Config::spare_output`]) they are freed and the memory handed back to the system.
+//! The counters [`Stats::short_writes`] and [`Stats::write_would_block`] show how often
+//! this happens.
 //!
 //! ### Backpressure and resume
 //!
@@ -157,8 +175,7 @@
 //! reading from it ([`Stats::backpressure_pauses`]): the client's bytes wait in the
 //! kernel, its window closes, and TCP itself slows the client down. When a writable
 //! event drains the queue to [`Config::low_water`] reading resumes
-//! ([`Stats::backpressure_resumes`]) — and the loop reads *at once*, because the
-//! readable edge came and went while it was paused and will not come again.
+//! ([`Stats::backpressure_resumes`]) — at once, because the readable flag was kept.
 //!
 //! Output that does not answer input needs another rule. A producer (chargen) asks
 //! with [`Context::want_writable`] and writes one chunk per [`Service::writable`] call;
@@ -166,7 +183,9 @@
 //! stops reading stops the producer. Output written to *other* connections (chat's
 //! fan-out) cannot pause anyone's reading, so it is capped instead: a receiver whose
 //! queue passes [`Config::max_outbuf`] is closed as a slow consumer
-//! ([`Stats::slow_consumers`]).
+//! ([`Stats::slow_consumers`]), and when the queues of all connections together pass
+//! [`Config::max_outbuf_total`] the ones that owe the most are closed first
+//! ([`Stats::outbuf_evictions`]).
 //!
 //! ### Half-close and closing
 //!
@@ -179,14 +198,21 @@
 //! connection whose peer has not finished *lingers* — input is read and discarded
 //! ([`Stats::bytes_discarded`]) until the peer's end-of-file or [`Config::linger`] —
 //! and is closed then. The lifecycle is Open → Closing → Lingering → closed, with a
-//! reset, an error or a timeout closing it at once.
+//! reset, an error, a timeout or a slow consumer closing it at once; `conn/entry.rs`
+//! draws it.
+//!
+//! A connection that must end while a service callback is running — a chat receiver
+//! found to be a slow consumer in the middle of a fan-out — is not removed there: it is
+//! marked closed, its output dropped, and removed as soon as the callback returns (the
+//! mechanism Redis calls `CLIENT_CLOSE_ASAP`). Every close goes through that list, so
+//! one function logs and counts every close with its reason.
 //!
 //! ### Token reuse
 //!
-//! When a connection closes, its slab slot is free, and the next accepted connection
-//! may take it — possibly in the middle of a batch of events that still holds an event
-//! for the old one. Acting on that event would read the new connection's data on the
-//! old one's behalf. The sequence number in each token prevents this: an event whose
+//! When a connection closes, its slot is free, and the next accepted connection may
+//! take it — possibly in the middle of a batch of events that still holds an event for
+//! the old one. Acting on that event would read the new connection's data on the old
+//! one's behalf. The sequence number in each token prevents this: an event whose
 //! sequence number does not match the slot's current connection is stale and ignored.
 //! [`ConnId`] carries the same pair, so a service that keeps an id after its connection
 //! closed ([`Context::write_to`] to a departed chat member) is refused, never
@@ -205,29 +231,27 @@
 //!
 //! To watch all of it happen, run the binary with `RUST_LOG=trace`: it logs every
 //! readiness event, every read and write, every `WouldBlock` and every short write.
-//! [`Stats`] counts the same things.
+//! [`Stats`] counts the same things, in system calls.
 //!
 //! ## Where things are
 //!
-//! Each file opens with what it holds and why; read them in this order.
+//! Layers, each owned by one module, from the kernel up; `ARCHITECTURE.md` in the
+//! repository walks one byte through them. Each file opens with what it holds and
+//! why.
 //!
-//! | module | holds |
-//! |---|---|
-//! | [`event_loop`] | the loop: `poll`, dispatch, budgets, backpressure, accept, deadlines, shutdown |
-//! | `conn` | one connection's state and lifecycle, and the `sendall` write path |
-//! | [`buffer`] | [`SendBuf`](buffer::SendBuf), the bytes a connection still owes its peer |
-//! | `token` | what a `mio::Token` holds, and how stale events are recognised |
-//! | `listener`, `transport` | binding (TCP, UDP, Unix, IPv6) and accepting; the stream under every connection |
-//! | `datagram` | datagram sockets: batched receive and reply, the bounded reply queue, the safety rules |
-//! | [`tls`] | TLS as a non-blocking stream, for servers and clients |
-//! | [`service`] | the [`Service`] trait and the [`Context`] it writes through |
-//! | [`services`] | echo, line, chat, discard, chargen, and [`Modes`](services::Modes), which picks one per listener |
-//! | `timer` | idle, linger and handshake deadlines in O(1) per connection |
-//! | `workers` | [`Workers`]: one loop per thread, `SO_REUSEPORT` |
-//! | [`stats`] | the counters |
-//! | [`endpoint`] | `tcp://`, `udp://`, `tls://`, `unix:` and `unixgram:` URLs |
-//! | [`client`], [`bench`](mod@bench) | the one-shot client and the load generator, on the same non-blocking model |
-//! | [`sys`] | the platform edge: descriptor limits, errno classes |
+//! | layer | module | owns |
+//! |---|---|---|
+//! | socket | `socket/` | binding (TCP, UDP, Unix, IPv6), accepting, connecting, Unix socket files, `recvmmsg` batches |
+//! | transport | `transport/` | the byte stream under a connection — TCP, Unix or TLS — and the one vocabulary its reads and writes answer in |
+//! | connection | `conn/` | a connection's output queue, readiness, deadlines and lifecycle, in one table per loop; the stream machinery the clients share |
+//! | loop | [`event_loop`] | `poll`, dispatch, budgets, accepting, datagram sockets, shutdown |
+//! | service | [`service`], [`services`] | the [`Service`] trait and its [`Context`]; echo, line, chat, discard, chargen |
+//!
+//! Beside them: [`Builder`] and [`Config`] make a loop, [`Workers`] runs one per
+//! thread, [`stats`] counts, [`endpoint`] parses URLs, [`tls`] loads certificates,
+//! [`client`] holds `sockloop send` and the load generator, `token.rs` and
+//! `readiness.rs` are the two small vocabularies every layer shares, and [`sys`] is the
+//! platform edge.
 
 #![warn(missing_docs)]
 

@@ -40,11 +40,11 @@ fn turn_until<S: Service>(
     }
 }
 
-/// A connection stopped by its read budget waits on the pending list for the next
-/// turn. If it is reset and a new connection takes its slab slot before that turn
-/// serves the list, the old entry must not act on the newcomer.
+/// A connection stopped by its read budget waits on the list of sockets to serve next
+/// turn. If it is reset and a new connection takes its slot before that turn serves
+/// the list, the old entry must not act on the newcomer.
 #[test]
-fn stale_pending_token_does_not_touch_the_connection_reusing_its_slot() {
+fn a_stale_token_left_for_next_turn_does_not_touch_the_connection_reusing_its_slot() {
     let mut config = Config::default();
     config.read_budget = 1;
     let mut server = tcp_builder()

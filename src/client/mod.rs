@@ -1,10 +1,10 @@
 //! The client side, on the server's own machinery: the same socket set-up
 //! (`socket/`), the same transports (`transport/`), and the same stream-with-outbox
-//! ([`Connection`](crate::conn)) with its sticky readiness, its short-read rule and its
+//! (`Connection` in `conn/connection.rs`) with its sticky readiness, its short-read rule and its
 //! `sendall` — so a client pays per message what the server pays.
 //!
 //! [`send`] is `sockloop send`: write a message, half-close, print the answer.
-//! [`bench`] is `sockloop bench`: a load generator that checks every echoed byte.
+//! [`bench`](mod@bench) is `sockloop bench`: a load generator that checks every echoed byte.
 
 pub mod bench;
 mod send;

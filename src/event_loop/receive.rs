@@ -185,20 +185,15 @@ impl<S: Service> EventLoop<S> {
                 queue_reply(d, peer, reply, &mut self.stats, &self.config);
                 continue;
             }
-            let r = d.socket.send_to(reply, &peer);
-            self.stats.datagram_send_calls += 1;
-            match r {
-                Ok(n) => {
-                    self.stats.datagrams_out += 1;
-                    self.stats.bytes_out += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    slot.readiness.clear_writable();
-                    queue_reply(d, peer, reply, &mut self.stats, &self.config);
-                }
-                Err(e) => {
-                    self.stats.datagram_errors += 1;
-                    debug!("send to {peer}: {e}");
+            loop {
+                match send_one(&d.socket, reply, &peer, &mut self.stats) {
+                    Sent::Done => break,
+                    Sent::Interrupted => {}
+                    Sent::Full => {
+                        slot.readiness.clear_writable();
+                        queue_reply(d, peer, reply, &mut self.stats, &self.config);
+                        break;
+                    }
                 }
             }
         }
@@ -317,24 +312,14 @@ impl<S: Service> EventLoop<S> {
             return;
         };
         while let Some((to, data)) = d.replies.front() {
-            let r = d.socket.send_to(data, to);
-            self.stats.datagram_send_calls += 1;
-            match r {
-                Ok(n) => {
-                    self.stats.datagrams_out += 1;
-                    self.stats.bytes_out += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            match send_one(&d.socket, data, to, &mut self.stats) {
+                Sent::Done => d.replies.pop(),
+                Sent::Interrupted => {}
+                Sent::Full => {
                     slot.readiness.clear_writable();
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.stats.datagram_errors += 1;
-                    debug!("datagram socket {i}: send to {to}: {e}");
-                }
             }
-            d.replies.pop();
         }
     }
 }
@@ -359,6 +344,38 @@ fn unanswerable(peer: &PeerAddr, stats: &mut Stats) -> bool {
         return true;
     }
     false
+}
+
+/// What one `send_to` did.
+enum Sent {
+    /// Sent, or failed for good (counted): either way it is done with.
+    Done,
+    /// The socket's buffer is full: the reply must wait for a writable event.
+    Full,
+    /// A signal interrupted the call: try again.
+    Interrupted,
+}
+
+/// Sends one reply and counts the call. A failure other than a full buffer is about
+/// this datagram only (an ICMP-induced error, a peer that went away): counted, and the
+/// socket goes on.
+fn send_one(socket: &DatagramSocket, data: &[u8], to: &PeerAddr, stats: &mut Stats) -> Sent {
+    let r = socket.send_to(data, to);
+    stats.datagram_send_calls += 1;
+    match r {
+        Ok(n) => {
+            stats.datagrams_out += 1;
+            stats.bytes_out += n as u64;
+            Sent::Done
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Sent::Full,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Sent::Interrupted,
+        Err(e) => {
+            stats.datagram_errors += 1;
+            debug!("datagram send to {to}: {e}");
+            Sent::Done
+        }
+    }
 }
 
 /// Queues a reply behind those waiting, or drops it when the queue is full.

@@ -82,11 +82,12 @@ impl FromStr for Mode {
     }
 }
 
-/// Serves each listener with its own built-in mode: what `sockloop serve` runs.
+/// Serves each bound socket — listener or datagram socket, numbered in the order they
+/// were given — with its own built-in mode: what `sockloop serve` runs.
 #[derive(Clone, Debug)]
 pub struct Modes {
     default: Mode,
-    per_listener: Vec<Option<Mode>>,
+    per_socket: Vec<Option<Mode>>,
     line: Line,
     chat: Chat,
     chargen: Chargen,
@@ -108,23 +109,23 @@ pub enum ModeConn {
 }
 
 impl Modes {
-    /// Every listener runs `default` unless [`set`](Self::set) says otherwise.
+    /// Every socket runs `default` unless [`set`](Self::set) says otherwise.
     pub fn new(default: Mode) -> Self {
         Modes {
             default,
-            per_listener: Vec::new(),
+            per_socket: Vec::new(),
             line: Line::new(DEFAULT_MAX_LINE),
             chat: Chat::new(DEFAULT_MAX_LINE),
             chargen: Chargen::new(),
         }
     }
 
-    /// Runs `mode` on the listener with this index.
-    pub fn set(mut self, listener: usize, mode: Mode) -> Self {
-        if self.per_listener.len() <= listener {
-            self.per_listener.resize(listener + 1, None);
+    /// Runs `mode` on bound socket `socket`.
+    pub fn set(mut self, socket: usize, mode: Mode) -> Self {
+        if self.per_socket.len() <= socket {
+            self.per_socket.resize(socket + 1, None);
         }
-        self.per_listener[listener] = Some(mode);
+        self.per_socket[socket] = Some(mode);
         self
     }
 
@@ -135,15 +136,15 @@ impl Modes {
         self
     }
 
-    /// True when any listener runs `mode`; `listeners` is how many there are.
-    pub fn uses(&self, mode: Mode, listeners: usize) -> bool {
-        (0..listeners.max(1)).any(|i| self.mode(i) == mode)
+    /// True when any socket runs `mode`; `sockets` is how many there are.
+    pub fn uses(&self, mode: Mode, sockets: usize) -> bool {
+        (0..sockets.max(1)).any(|i| self.mode(i) == mode)
     }
 
-    /// The mode that serves a listener.
-    pub fn mode(&self, listener: usize) -> Mode {
-        self.per_listener
-            .get(listener)
+    /// The mode that serves bound socket `socket`.
+    pub fn mode(&self, socket: usize) -> Mode {
+        self.per_socket
+            .get(socket)
             .copied()
             .flatten()
             .unwrap_or(self.default)

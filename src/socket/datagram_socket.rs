@@ -10,6 +10,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
 use mio::event::Source;
 use mio::net::{UdpSocket, UnixDatagram};
@@ -51,14 +52,7 @@ impl DatagramSocket {
                 let sock = inet_socket(first_addr(hp)?, Type::DGRAM, Protocol::UDP, opts)?;
                 Ok(DatagramSocket::Udp(UdpSocket::from_std(sock.into())))
             }
-            Endpoint::UnixDatagram(path) => {
-                let (sock, file) = SocketFile::bind(path, Type::DGRAM, opts.unix_perm)?;
-                let std = std::os::unix::net::UnixDatagram::from(OwnedFd::from(sock));
-                Ok(DatagramSocket::Unix {
-                    sock: UnixDatagram::from_std(std),
-                    _file: Some(file),
-                })
-            }
+            Endpoint::UnixDatagram(path) => Self::bind_unix(path, opts.unix_perm, None),
             other => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{other} is not a datagram address"),
@@ -88,19 +82,27 @@ impl DatagramSocket {
                 Ok(DatagramSocket::Udp(sock))
             }
             (Endpoint::UnixDatagram(path), _) => {
-                let (sock, file) = SocketFile::bind(&SocketFile::temp_path(), Type::DGRAM, None)?;
-                let std = std::os::unix::net::UnixDatagram::from(OwnedFd::from(sock));
-                std.connect(path)?;
-                Ok(DatagramSocket::Unix {
-                    sock: UnixDatagram::from_std(std),
-                    _file: Some(file),
-                })
+                Self::bind_unix(&SocketFile::temp_path(), None, Some(path))
             }
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{endpoint} is not a datagram address"),
             )),
         }
+    }
+
+    /// A Unix datagram socket bound at `path` (its file removed with it), connected to
+    /// `peer` if given.
+    fn bind_unix(path: &Path, perm: Option<u32>, peer: Option<&Path>) -> io::Result<Self> {
+        let (sock, file) = SocketFile::bind(path, Type::DGRAM, perm)?;
+        let std = std::os::unix::net::UnixDatagram::from(OwnedFd::from(sock));
+        if let Some(peer) = peer {
+            std.connect(peer)?;
+        }
+        Ok(DatagramSocket::Unix {
+            sock: UnixDatagram::from_std(std),
+            _file: Some(file),
+        })
     }
 
     /// Serves a UDP socket bound elsewhere.

@@ -101,10 +101,15 @@ impl From<Fault> for io::Error {
 }
 
 impl Io {
+    /// The outcome of one `read` (`write` false) or `write` of `len` bytes.
     #[inline]
-    fn read_result(r: io::Result<usize>, len: usize) -> Io {
+    fn of_call(r: io::Result<usize>, len: usize, write: bool) -> Io {
         let bytes = *r.as_ref().unwrap_or(&0);
         let status = match r {
+            Ok(0) if write => Status::Failed(Fault::Socket(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the socket accepted no bytes",
+            ))),
             Ok(0) => Status::Closed,
             Ok(n) if n < len => Status::Drained,
             Ok(_) => Status::Continue,
@@ -113,29 +118,8 @@ impl Io {
         };
         Io {
             bytes,
-            reads: 1,
-            writes: 0,
-            status,
-        }
-    }
-
-    #[inline]
-    fn write_result(r: io::Result<usize>, len: usize) -> Io {
-        let bytes = *r.as_ref().unwrap_or(&0);
-        let status = match r {
-            Ok(0) => Status::Failed(Fault::Socket(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "the socket accepted no bytes",
-            ))),
-            Ok(n) if n < len => Status::Drained,
-            Ok(_) => Status::Continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Status::WouldBlock,
-            Err(e) => Status::Failed(Fault::Socket(e)),
-        };
-        Io {
-            bytes,
-            reads: 0,
-            writes: 1,
+            reads: u32::from(!write),
+            writes: u32::from(write),
             status,
         }
     }
@@ -216,8 +200,8 @@ impl Transport {
     #[inline]
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> Io {
         match self {
-            Transport::Tcp(s) => Io::read_result(retry(|| s.read(buf)), buf.len()),
-            Transport::Unix(s) => Io::read_result(retry(|| s.read(buf)), buf.len()),
+            Transport::Tcp(s) => Io::of_call(retry(|| s.read(buf)), buf.len(), false),
+            Transport::Unix(s) => Io::of_call(retry(|| s.read(buf)), buf.len(), false),
             Transport::Tls(s) => s.read(buf),
         }
     }
@@ -227,8 +211,8 @@ impl Transport {
     #[inline]
     pub(crate) fn write(&mut self, parts: &[&[u8]], len: usize) -> Io {
         match self {
-            Transport::Tcp(s) => Io::write_result(write_parts(s, parts), len),
-            Transport::Unix(s) => Io::write_result(write_parts(s, parts), len),
+            Transport::Tcp(s) => Io::of_call(write_parts(s, parts), len, true),
+            Transport::Unix(s) => Io::of_call(write_parts(s, parts), len, true),
             Transport::Tls(s) => s.write(parts),
         }
     }

@@ -379,23 +379,16 @@ impl TlsStream {
 
     /// Encrypts and sends as much of `parts` as the socket takes now, in order.
     pub(crate) fn write(&mut self, parts: &[&[u8]]) -> Io {
-        let mut io = Io::idle();
         if self.tls.is_handshaking() {
+            let mut io = Io::idle();
             io.status = Status::Handshaking;
             return io;
         }
         // Records held back from an earlier write are older: they go first, and while
         // some still wait the socket is full.
-        match self.write_records(&mut io.writes) {
-            Ok(true) => {}
-            Ok(false) => {
-                io.status = Status::WouldBlock;
-                return io;
-            }
-            Err(e) => {
-                io.status = Status::Failed(self.explain(e, &mut io.reads));
-                return io;
-            }
+        let mut io = self.flush_records();
+        if !matches!(io.status, Status::Continue) {
+            return io;
         }
         for part in parts {
             let mut taken = 0;
@@ -412,14 +405,17 @@ impl TlsStream {
                 // Records that do not fit the socket stay with rustls (at most
                 // TLS_BUFFER_LIMIT): the write ends here, and the next writable event
                 // sends them.
-                match self.write_records(&mut io.writes) {
-                    Ok(true) if n > 0 => {}
-                    Ok(_) => {
+                let flushed = self.flush_records();
+                io.reads += flushed.reads;
+                io.writes += flushed.writes;
+                match flushed.status {
+                    Status::Continue if n > 0 => {}
+                    Status::Continue => {
                         io.status = Status::WouldBlock;
                         return io;
                     }
-                    Err(e) => {
-                        io.status = Status::Failed(self.explain(e, &mut io.reads));
+                    other => {
+                        io.status = other;
                         return io;
                     }
                 }
