@@ -133,6 +133,7 @@ impl<'a> Driver<'a> {
 
     /// Waits for events at most `timeout`; false when polling failed (counted).
     pub(super) fn poll(&mut self, timeout: Duration) -> bool {
+        self.tally.publish();
         match self.poll.poll(&mut self.events, Some(timeout)) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
@@ -189,13 +190,20 @@ impl<'a> Driver<'a> {
         done
     }
 
-    /// Writes what the lane owes, if its socket is writable.
+    /// Writes what the lane owes, if its socket is writable (the check is all a lane
+    /// that owes nothing pays).
+    #[inline(always)]
     pub(super) fn flush(&mut self, lane: &mut Lane) {
         if lane.alive && lane.conn.can_flush() {
-            if let Err(e) = lane.conn.flush(&mut self.outboxes, &mut self.stats) {
-                lane.alive = false;
-                self.tally.error(|| format!("conn {}: write: {e}", lane.id));
-            }
+            self.write_owed(lane);
+        }
+    }
+
+    #[inline(never)]
+    fn write_owed(&mut self, lane: &mut Lane) {
+        if let Err(e) = lane.conn.flush(&mut self.outboxes, &mut self.stats) {
+            lane.alive = false;
+            self.tally.error(|| format!("conn {}: write: {e}", lane.id));
         }
     }
 

@@ -155,6 +155,7 @@ fn serve(
                 }
             }
         }
+        tally.publish();
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 tally.error(|| format!("poll: {e}"));

@@ -160,6 +160,8 @@ pub(crate) struct Tally {
     pub(crate) connected: usize,
     pub(crate) ramp: Duration,
     pub(crate) first_error: Option<String>,
+    /// Of `msgs`, how many the progress line has been told about.
+    published: u64,
     live: Arc<Live>,
 }
 
@@ -174,7 +176,20 @@ impl Tally {
             connected: 0,
             ramp: Duration::ZERO,
             first_error: None,
+            published: 0,
             live,
+        }
+    }
+
+    /// Tells the progress line about the messages completed since the last call: once
+    /// per poll, not once per message, so that the threads do not contend on a shared
+    /// counter in the hot path.
+    pub(crate) fn publish(&mut self) {
+        if self.msgs > self.published {
+            self.live
+                .completed
+                .fetch_add(self.msgs - self.published, Ordering::Relaxed);
+            self.published = self.msgs;
         }
     }
 
@@ -193,7 +208,6 @@ impl Tally {
             self.msgs += 1;
             let us = done.saturating_duration_since(since).as_micros() as u64;
             self.hist.saturating_record(us.max(1));
-            self.live.completed.fetch_add(1, Ordering::Relaxed);
         }
     }
 

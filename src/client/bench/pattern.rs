@@ -20,7 +20,7 @@ impl Pattern {
     pub(crate) fn new() -> Self {
         // xorshift: fixed seed, so a capture can be checked against a later run.
         let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let table = (0..TABLE_LEN)
+        let mut table: Vec<u8> = (0..TABLE_LEN)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -28,7 +28,12 @@ impl Pattern {
                 (x >> 32) as u8
             })
             .collect();
-        Pattern { table }
+        // The first header's worth again at the end, so that the bytes under any
+        // message's header are one slice, however close to the end it starts.
+        table.extend_from_within(..HEADER);
+        Pattern {
+            table: table.into_boxed_slice(),
+        }
     }
 
     fn start(conn: u32, seq: u64) -> usize {
@@ -36,19 +41,23 @@ impl Pattern {
             & (TABLE_LEN - 1)
     }
 
-    /// Byte `i` of the header mix for (`conn`, `seq`): XORed onto the table bytes.
-    fn mix(conn: u32, seq: u64, i: usize) -> u8 {
-        if i < 8 {
-            seq.to_le_bytes()[i]
-        } else {
-            conn.to_le_bytes()[i - 8]
-        }
+    /// The first [`HEADER`] bytes of message `seq` of connection `conn`: the table's
+    /// bytes there, with the sequence number and the connection mixed in.
+    fn header(&self, conn: u32, seq: u64) -> [u8; HEADER] {
+        let start = Self::start(conn, seq);
+        let under = &self.table[start..start + HEADER];
+        let mut h = [0u8; HEADER];
+        let seq_part = u64::from_le_bytes(under[..8].try_into().expect("8 bytes")) ^ seq;
+        let conn_part = u32::from_le_bytes(under[8..].try_into().expect("4 bytes")) ^ conn;
+        h[..8].copy_from_slice(&seq_part.to_le_bytes());
+        h[8..].copy_from_slice(&conn_part.to_le_bytes());
+        h
     }
 
     /// Writes message `seq` of connection `conn` (its length is `out.len()`).
     pub(crate) fn fill(&self, conn: u32, seq: u64, out: &mut [u8]) {
         let start = Self::start(conn, seq);
-        // Runs of the table (a memcpy each), then the header mixed in.
+        // Runs of the table (a memcpy each), then the header over the front.
         let mut i = 0;
         while i < out.len() {
             let pos = (start + i) & (TABLE_LEN - 1);
@@ -56,9 +65,8 @@ impl Pattern {
             out[i..i + run].copy_from_slice(&self.table[pos..pos + run]);
             i += run;
         }
-        for (i, b) in out.iter_mut().take(HEADER).enumerate() {
-            *b ^= Self::mix(conn, seq, i);
-        }
+        let n = out.len().min(HEADER);
+        out[..n].copy_from_slice(&self.header(conn, seq)[..n]);
     }
 
     /// Checks `data` against bytes `offset..` of message `seq` of connection `conn`.
@@ -66,15 +74,15 @@ impl Pattern {
         let start = Self::start(conn, seq);
         let mut i = offset;
         let mut rest = data;
-        // The header bytes one by one...
-        while i < HEADER && !rest.is_empty() {
-            if rest[0] != self.table[(start + i) & (TABLE_LEN - 1)] ^ Self::mix(conn, seq, i) {
+        if i < HEADER {
+            let n = (HEADER - i).min(rest.len());
+            if rest[..n] != self.header(conn, seq)[i..i + n] {
                 return false;
             }
-            i += 1;
-            rest = &rest[1..];
+            i += n;
+            rest = &rest[n..];
         }
-        // ...then whole runs of the table.
+        // Then whole runs of the table, a memcmp each.
         while !rest.is_empty() {
             let pos = (start + i) & (TABLE_LEN - 1);
             let run = rest.len().min(TABLE_LEN - pos);
