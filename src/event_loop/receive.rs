@@ -24,6 +24,7 @@ use std::io;
 use log::{debug, trace};
 
 use super::{EventLoop, SocketKind};
+use crate::readiness::Readiness;
 use crate::service::{DatagramContext, Service};
 #[cfg(any(target_os = "linux", target_os = "android"))]
 use crate::socket::Batch;
@@ -145,18 +146,8 @@ impl<S: Service> EventLoop<S> {
                     );
                     continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    slot.readiness.clear_readable();
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Most likely the echo of an earlier send (ICMP unreachable); the
-                    // socket itself is fine.
-                    self.stats.datagram_errors += 1;
-                    debug!("datagram socket {i}: receive: {e}");
-                    continue;
-                }
+                Err(e) if drained(&e, i, &mut slot.readiness, &mut self.stats) => return,
+                Err(_) => continue,
             };
             self.stats.datagrams_in += 1;
             self.stats.bytes_in += n as u64;
@@ -220,15 +211,9 @@ impl<S: Service> EventLoop<S> {
             self.stats.datagram_recv_calls += 1;
             let n = match r {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    slot.readiness.clear_readable();
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.stats.datagram_errors += 1;
+                Err(e) if drained(&e, i, &mut slot.readiness, &mut self.stats) => return,
+                Err(_) => {
                     budget = budget.saturating_sub(1);
-                    debug!("datagram socket {i}: receive: {e}");
                     continue;
                 }
             };
@@ -320,6 +305,25 @@ impl<S: Service> EventLoop<S> {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Sorts out a failed receive: true when the socket is drained (`WouldBlock`; its
+/// readable flag is cleared). Any other error concerns one datagram — most likely the
+/// echo of an earlier send (an ICMP unreachable); the socket itself is fine — and is
+/// counted (an interrupted call is simply made again).
+fn drained(e: &io::Error, i: usize, readiness: &mut Readiness, stats: &mut Stats) -> bool {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => {
+            readiness.clear_readable();
+            true
+        }
+        io::ErrorKind::Interrupted => false,
+        _ => {
+            stats.datagram_errors += 1;
+            debug!("datagram socket {i}: receive: {e}");
+            false
         }
     }
 }

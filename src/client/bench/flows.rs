@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 
 use super::pattern::Pattern;
-use super::{Share, Tally, Window};
+use super::{Schedule, Share, Tally, Window};
 use crate::socket::DatagramSocket;
 
 /// Replies to datagrams already declared lost are recognised among this many.
@@ -98,9 +98,7 @@ fn serve(
     let mut msg = vec![0u8; cfg.size];
     let mut buf = vec![0u8; 64 * 1024 + 1];
     let mut events = Events::with_capacity(1024);
-    let open_loop = share.rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    let mut next_due = window.start;
-    let mut slot = 0usize;
+    let mut open_loop = Schedule::new(share.rate, window.start);
     let mut last_scan = Instant::now();
     let id = |i: usize| share.first + i as u32;
     if open_loop.is_none() {
@@ -120,18 +118,13 @@ fn serve(
             break;
         }
         let mut timeout = Duration::from_millis(10);
-        if let Some(interval) = open_loop {
-            while next_due <= now && next_due < window.end && !flows.is_empty() {
-                let i = slot % flows.len();
-                slot += 1;
+        if let Some(schedule) = open_loop.as_mut() {
+            schedule.issue_due(now, window.end, flows.len(), |i, due| {
                 if let Some(f) = flows[i].as_mut() {
-                    issue(id(i), f, next_due, &pattern, &mut msg, tally);
+                    issue(id(i), f, due, &pattern, &mut msg, tally);
                 }
-                next_due += interval;
-            }
-            if next_due < window.end {
-                timeout = timeout.min(next_due.saturating_duration_since(now));
-            }
+            });
+            timeout = schedule.wait(now, window.end, timeout);
         }
         // Datagrams unanswered for too long are lost; in closed loop, replace them.
         if now.duration_since(last_scan) >= Duration::from_millis(10) {

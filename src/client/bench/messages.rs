@@ -9,15 +9,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::Window;
 use super::driver::{Driver, Lane};
+use super::{Schedule, Window};
 use crate::token::{self, Target};
 
 pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>]) {
     let depth = d.share.cfg.depth;
-    let open_loop = d.share.rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    let mut next_due = window.start;
-    let mut slot = 0usize;
+    let mut open_loop = Schedule::new(d.share.rate, window.start);
     if open_loop.is_none() {
         for lane in lanes.iter_mut().flatten() {
             d.issue(lane, depth, Instant::now());
@@ -38,18 +36,13 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>
         }
         // Open loop: everything that is due leaves now, stamped with when it was due.
         let mut timeout = Duration::from_millis(100);
-        if let Some(interval) = open_loop {
-            while next_due <= now && next_due < window.end && !lanes.is_empty() {
-                let i = slot % lanes.len();
-                slot += 1;
+        if let Some(schedule) = open_loop.as_mut() {
+            schedule.issue_due(now, window.end, lanes.len(), |i, due| {
                 if let Some(lane) = lanes[i].as_mut().filter(|l| l.alive) {
-                    d.issue(lane, 1, next_due);
+                    d.issue(lane, 1, due);
                 }
-                next_due += interval;
-            }
-            if next_due < window.end {
-                timeout = timeout.min(next_due.saturating_duration_since(now));
-            }
+            });
+            timeout = schedule.wait(now, window.end, timeout);
         }
         if !d.poll(timeout) {
             return;

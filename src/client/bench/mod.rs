@@ -148,6 +148,50 @@ impl Window {
     }
 }
 
+/// The open loop's timetable: messages due at a fixed rate, handed to the connections
+/// in turn, each stamped with when it was due (not when it left).
+pub(crate) struct Schedule {
+    interval: Duration,
+    next_due: Instant,
+    next: usize,
+}
+
+impl Schedule {
+    /// The timetable for `rate` messages per second from `start`; `None` in closed loop.
+    pub(crate) fn new(rate: Option<f64>, start: Instant) -> Option<Schedule> {
+        rate.map(|r| Schedule {
+            interval: Duration::from_secs_f64(1.0 / r),
+            next_due: start,
+            next: 0,
+        })
+    }
+
+    /// Calls `issue(connection, due)` for every message due by `now` (none after
+    /// `end`), over `n` connections in turn.
+    pub(crate) fn issue_due(
+        &mut self,
+        now: Instant,
+        end: Instant,
+        n: usize,
+        mut issue: impl FnMut(usize, Instant),
+    ) {
+        while self.next_due <= now && self.next_due < end && n > 0 {
+            issue(self.next % n, self.next_due);
+            self.next += 1;
+            self.next_due += self.interval;
+        }
+    }
+
+    /// `timeout`, or less if the next message is due sooner.
+    pub(crate) fn wait(&self, now: Instant, end: Instant, timeout: Duration) -> Duration {
+        if self.next_due < end {
+            timeout.min(self.next_due.saturating_duration_since(now))
+        } else {
+            timeout
+        }
+    }
+}
+
 /// What one thread measured.
 pub(crate) struct Tally {
     pub(crate) hist: Histogram<u64>,
