@@ -9,9 +9,8 @@
 //! 1. `poll` for readiness, sleeping at most until the next deadline — or not at all
 //!    when something is left over from last turn;
 //! 2. for each event: record it in the socket's readiness flags (`readiness.rs`) and
-//!    serve the socket —
-//!    accept on a listener (`accept.rs`), receive on a datagram socket (`receive.rs`),
-//!    or do what a connection wants next (`serve.rs`);
+//!    serve the socket — accept on a listener (`accept.rs`), receive on a datagram
+//!    socket (`receive.rs`), or do what a connection wants next (`serve.rs`);
 //! 3. serve what was left over from last turn: sockets whose budget ran out while
 //!    their readiness still allowed more (their flags are still set, so they need no
 //!    new event);
