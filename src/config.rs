@@ -28,7 +28,8 @@ pub struct Config {
     /// When the unsent output of all connections together passes this many bytes, the
     /// connections that owe the most are closed as slow consumers until it is a tenth
     /// below. `None`: a quarter of the memory available to the process (the cgroup
-    /// limit in a container, else the machine's memory), read when the loop is built;
+    /// limit in a container, else the machine's memory), read when the loop is built,
+    /// and never less than `max_outbuf`;
     /// [`Builder::build_workers`](crate::Builder::build_workers) divides it between the
     /// loops.
     pub max_outbuf_total: Option<usize>,

@@ -147,6 +147,29 @@ fn a_max_outbuf_below_the_minimum_is_a_usage_error_naming_it() {
     assert_eq!(exchange(server.addr(0), b"fits"), b"fits");
 }
 
+/// A ceiling on all output below one connection's own limit cannot be meant.
+#[test]
+fn a_max_outbuf_total_below_max_outbuf_is_a_usage_error() {
+    let dir = TempDir::new();
+    let sock = dir.join("s.sock");
+    let listen = format!("unix:{}", sock.display());
+    let err = expect_failure(
+        &["serve", "--listen", &listen, "--max-outbuf-total", "1000"],
+        2,
+        "below max_outbuf",
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        !sock.exists(),
+        "a listener was bound before the usage error"
+    );
+    expect_failure(
+        &["serve", "--listen", &listen, "--max-outbuf-total", "0"],
+        2,
+        "--max-outbuf-total",
+    );
+}
+
 #[test]
 fn an_address_in_use_exits_1_naming_it() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -248,6 +271,7 @@ fn help_lists_the_serve_options() {
         "--max-line",
         "--idle-timeout",
         "--max-outbuf",
+        "--max-outbuf-total",
         "--shutdown-timeout",
         "--allow-service-ports",
     ] {

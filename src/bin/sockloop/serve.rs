@@ -204,11 +204,13 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     config.handshake_timeout = args.handshake_timeout.0;
     config.handle_signals = true;
     config.allow_service_ports = args.allow_service_ports;
-    // The memory ceiling is the server's too: each worker gets its share.
-    let max_outbuf_total = args
-        .max_outbuf_total
-        .map_or_else(sys::default_max_outbuf_total, |n| n as usize);
-    let outbuf_share = (max_outbuf_total / args.workers as usize).max(1);
+    // The memory ceiling is the server's too: each worker gets its share. The default
+    // share is never below one connection's own limit (on a very small machine); a
+    // total given explicitly is checked against it below.
+    let outbuf_share = match args.max_outbuf_total {
+        Some(n) => (n as usize / args.workers as usize).max(1),
+        None => (sys::default_max_outbuf_total() / args.workers as usize).max(args.max_outbuf),
+    };
     config.max_outbuf_total = Some(outbuf_share);
     // The limit is the server's: workers share the process's descriptors.
     config.max_conns = Some(
