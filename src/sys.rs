@@ -77,6 +77,18 @@ pub fn release_free_memory() {
     }
 }
 
+/// Makes a system call again while it fails with `EINTR`: a signal arrived mid-call,
+/// which says nothing about the socket.
+#[inline]
+pub(crate) fn retry<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
 fn errno(e: &io::Error) -> Option<Errno> {
     e.raw_os_error().map(Errno::from_raw)
 }

@@ -86,7 +86,7 @@ fn send_stream(
             Err(e) => return Err(e),
         }
         for ev in events.iter() {
-            if !connected && (ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
+            if !connected && socket::connect_settled(ev) {
                 socket::finish_connect(conn.transport())
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot connect: {e}")))?;
                 connected = true;

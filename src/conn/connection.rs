@@ -165,7 +165,7 @@ impl Connection {
         if total == 0 {
             return Ok(0);
         }
-        if !self.outbox.is_empty() || !self.readiness.writable() || self.transport.holds_output() {
+        if self.owes() || !self.readiness.writable() {
             self.queue(parts, 0, outboxes);
             return Ok(0);
         }
@@ -202,22 +202,16 @@ impl Connection {
         written: usize,
         total: usize,
     ) -> Result<(), Fault> {
-        let left = total - written;
-        match status {
-            Status::Continue | Status::Closed => {}
-            Status::Handshaking => trace!("write: handshake under way, queueing {left} bytes"),
-            Status::Drained => {
-                stats.short_writes += 1;
-                self.readiness.clear_writable();
-                trace!("partial write: {written} of {total} bytes, queueing {left}");
-            }
-            Status::WouldBlock => {
-                stats.write_would_block += 1;
-                self.readiness.clear_writable();
-                trace!("write: would block, queueing {left} bytes");
-            }
-            Status::Failed(f) => return Err(f),
-        }
+        let why = match status {
+            Status::Handshaking => "write: handshake under way",
+            Status::Drained => "partial write",
+            _ => "write: would block",
+        };
+        self.settle_write(status, stats)?;
+        trace!(
+            "{why}: {written} of {total} bytes taken, queueing {}",
+            total - written
+        );
         Ok(())
     }
 
@@ -252,7 +246,7 @@ impl Connection {
         Ok(written)
     }
 
-    /// Applies how a flush ended to the counters and the writable flag. `Ok(true)`
+    /// Applies how a write ended to the counters and the writable flag. `Ok(true)`
     /// when the socket is full (the rest waits for the next edge).
     fn settle_write(&mut self, status: Status, stats: &mut Stats) -> Result<bool, Fault> {
         match status {
@@ -281,14 +275,7 @@ impl Connection {
     pub(crate) fn shutdown_write(&mut self, stats: &mut Stats) -> Result<bool, Fault> {
         let io = self.transport.shutdown_write();
         count(&io, stats, true);
-        match io.status {
-            Status::Failed(f) => Err(f),
-            Status::WouldBlock | Status::Drained => {
-                self.readiness.clear_writable();
-                Ok(false)
-            }
-            _ => Ok(true),
-        }
+        Ok(!self.settle_write(io.status, stats)?)
     }
 
     /// Once, after the read that completed a TLS handshake: its protocol and cipher

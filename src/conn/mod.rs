@@ -154,7 +154,7 @@ impl Conns {
         let timer = if transport.is_handshaking() {
             Some(Timer::Handshake)
         } else {
-            self.limits.idle_ms.map(|_| Timer::Idle)
+            self.idle_timer()
         };
         let conn = Connection::new(transport, Readiness::WRITABLE);
         let listener = u16::try_from(listener).unwrap_or(u16::MAX);
@@ -324,7 +324,7 @@ impl Conns {
             debug!("conn {}: TLS established: {what}", e.seq);
             if e.flags.timer() == Some(Timer::Handshake) {
                 self.stop_timer(key);
-                self.start_timer(key, self.limits.idle_ms.map(|_| Timer::Idle));
+                self.start_timer(key, self.idle_timer());
             }
         }
         if open && matches!(input, Input::Data(_)) {
@@ -553,6 +553,11 @@ impl Conns {
             idle.unlink(key, &mut self.entries);
             idle.push(key, self.now_ms, &mut self.entries);
         }
+    }
+
+    /// The idle timer, if there is an idle timeout.
+    fn idle_timer(&self) -> Option<Timer> {
+        self.limits.idle_ms.map(|_| Timer::Idle)
     }
 
     fn start_timer(&mut self, key: usize, timer: Option<Timer>) {

@@ -30,6 +30,7 @@ use crate::service::{DatagramContext, Service};
 use crate::socket::Batch;
 use crate::socket::{DatagramSocket, Received};
 use crate::stats::Stats;
+use crate::sys::retry;
 use crate::transport::PeerAddr;
 
 /// Source ports whose datagrams are dropped unless explicitly allowed.
@@ -133,7 +134,7 @@ impl<S: Service> EventLoop<S> {
             let Some(SocketKind::Datagram(d)) = slot.kind.as_mut() else {
                 return;
             };
-            let r = d.socket.recv_from(&mut self.scratch);
+            let r = retry(|| d.socket.recv_from(&mut self.scratch));
             self.stats.datagram_recv_calls += 1;
             let (n, peer) = match r {
                 Ok(Received::Datagram(n, peer)) => (n, peer),
@@ -176,16 +177,9 @@ impl<S: Service> EventLoop<S> {
                 queue_reply(d, peer, reply, &mut self.stats, &self.config);
                 continue;
             }
-            loop {
-                match send_one(&d.socket, reply, &peer, &mut self.stats) {
-                    Sent::Done => break,
-                    Sent::Interrupted => {}
-                    Sent::Full => {
-                        slot.readiness.clear_writable();
-                        queue_reply(d, peer, reply, &mut self.stats, &self.config);
-                        break;
-                    }
-                }
+            if send_one(&d.socket, reply, &peer, &mut self.stats) == Sent::Full {
+                slot.readiness.clear_writable();
+                queue_reply(d, peer, reply, &mut self.stats, &self.config);
             }
         }
     }
@@ -207,7 +201,7 @@ impl<S: Service> EventLoop<S> {
             let Some(batch) = d.batch.as_mut() else {
                 return;
             };
-            let r = batch.recv(fd);
+            let r = retry(|| batch.recv(fd));
             self.stats.datagram_recv_calls += 1;
             let n = match r {
                 Ok(n) => n,
@@ -249,7 +243,7 @@ impl<S: Service> EventLoop<S> {
             }
             let mut sent = 0;
             while sent < self.outgoing.len() && d.replies.is_empty() {
-                let r = batch.send(fd, &self.arena, &self.outgoing[sent..]);
+                let r = retry(|| batch.send(fd, &self.arena, &self.outgoing[sent..]));
                 self.stats.datagram_send_calls += 1;
                 match r {
                     Ok(k) => {
@@ -263,7 +257,6 @@ impl<S: Service> EventLoop<S> {
                         slot.readiness.clear_writable();
                         break;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         // The first unsent reply failed; skip it and send the rest.
                         self.stats.datagram_errors += 1;
@@ -297,14 +290,11 @@ impl<S: Service> EventLoop<S> {
             return;
         };
         while let Some((to, data)) = d.replies.front() {
-            match send_one(&d.socket, data, to, &mut self.stats) {
-                Sent::Done => d.replies.pop(),
-                Sent::Interrupted => {}
-                Sent::Full => {
-                    slot.readiness.clear_writable();
-                    return;
-                }
+            if send_one(&d.socket, data, to, &mut self.stats) == Sent::Full {
+                slot.readiness.clear_writable();
+                return;
             }
+            d.replies.pop();
         }
     }
 }
@@ -312,14 +302,13 @@ impl<S: Service> EventLoop<S> {
 /// Sorts out a failed receive: true when the socket is drained (`WouldBlock`; its
 /// readable flag is cleared). Any other error concerns one datagram — most likely the
 /// echo of an earlier send (an ICMP unreachable); the socket itself is fine — and is
-/// counted (an interrupted call is simply made again).
+/// counted.
 fn drained(e: &io::Error, i: usize, readiness: &mut Readiness, stats: &mut Stats) -> bool {
     match e.kind() {
         io::ErrorKind::WouldBlock => {
             readiness.clear_readable();
             true
         }
-        io::ErrorKind::Interrupted => false,
         _ => {
             stats.datagram_errors += 1;
             debug!("datagram socket {i}: receive: {e}");
@@ -351,20 +340,19 @@ fn unanswerable(peer: &PeerAddr, stats: &mut Stats) -> bool {
 }
 
 /// What one `send_to` did.
+#[derive(PartialEq, Eq)]
 enum Sent {
     /// Sent, or failed for good (counted): either way it is done with.
     Done,
     /// The socket's buffer is full: the reply must wait for a writable event.
     Full,
-    /// A signal interrupted the call: try again.
-    Interrupted,
 }
 
 /// Sends one reply and counts the call. A failure other than a full buffer is about
 /// this datagram only (an ICMP-induced error, a peer that went away): counted, and the
 /// socket goes on.
 fn send_one(socket: &DatagramSocket, data: &[u8], to: &PeerAddr, stats: &mut Stats) -> Sent {
-    let r = socket.send_to(data, to);
+    let r = retry(|| socket.send_to(data, to));
     stats.datagram_send_calls += 1;
     match r {
         Ok(n) => {
@@ -373,7 +361,6 @@ fn send_one(socket: &DatagramSocket, data: &[u8], to: &PeerAddr, stats: &mut Sta
             Sent::Done
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Sent::Full,
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Sent::Interrupted,
         Err(e) => {
             stats.datagram_errors += 1;
             debug!("datagram send to {to}: {e}");

@@ -89,7 +89,7 @@ impl<S: Service> EventLoop<S> {
                     self.callback(key, Callback::Writable);
                 }
             }
-            if self.conns.has_closed() && self.reap(key) {
+            if self.reap(key) {
                 return;
             }
         }
@@ -100,20 +100,22 @@ impl<S: Service> EventLoop<S> {
     /// no unread data (which would make the kernel send a reset that destroys the last
     /// bytes in flight).
     fn read(&mut self, key: usize) {
-        let id = self.conns.id(key);
         match self.conns.read(key, &mut self.scratch, &mut self.stats) {
             Input::Data(n) => {
                 if self.conns.phase(key) == Phase::Open {
-                    trace!("conn {id}: read {n} bytes");
+                    trace!("conn {}: read {n} bytes", self.conns.id(key));
                     self.stats.bytes_in += n as u64;
                     self.callback(key, Callback::Data(n));
                 } else {
-                    trace!("conn {id}: lingering, discarded {n} bytes");
+                    trace!(
+                        "conn {}: lingering, discarded {n} bytes",
+                        self.conns.id(key)
+                    );
                     self.stats.bytes_discarded += n as u64;
                 }
             }
             Input::Eof => {
-                trace!("conn {id}: read EOF");
+                trace!("conn {}: read EOF", self.conns.id(key));
                 self.conns.set_peer_eof(key);
                 match self.conns.phase(key) {
                     Phase::Open => {
@@ -124,9 +126,9 @@ impl<S: Service> EventLoop<S> {
                     Phase::Closing | Phase::Closed => {}
                 }
             }
-            Input::Nothing => trace!("conn {id}: nothing more to read"),
+            Input::Nothing => trace!("conn {}: nothing more to read", self.conns.id(key)),
             Input::Failed(fault) => {
-                debug!("conn {id}: read: {fault}");
+                debug!("conn {}: read: {fault}", self.conns.id(key));
                 self.conns.close_asap(key, fault.into());
             }
         }
@@ -148,7 +150,11 @@ impl<S: Service> EventLoop<S> {
 
     /// Removes every connection closed since the last call. True when `current` was
     /// one of them: its caller must not touch that slot again.
+    #[inline]
     pub(super) fn reap(&mut self, current: usize) -> bool {
+        if !self.conns.has_closed() {
+            return false;
+        }
         let mut gone = false;
         while let Some((key, reason)) = self.conns.take_closed() {
             gone |= key == current;

@@ -99,7 +99,13 @@ pub(crate) fn connect(
     }
 }
 
-/// After a connecting socket turned writable: `Ok` if the connection is established.
+/// True for an event that says a non-blocking connect has finished, one way or the
+/// other: the socket turned writable, or reported an error or a hang-up.
+pub(crate) fn connect_settled(ev: &mio::event::Event) -> bool {
+    ev.is_writable() || ev.is_error() || ev.is_write_closed()
+}
+
+/// After a connect settled ([`connect_settled`]): `Ok` if the connection is established.
 pub(crate) fn finish_connect(transport: &Transport) -> io::Result<()> {
     if let Some(e) = transport.take_error()? {
         return Err(e);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) use batch::{BATCH, Batch, peer_of};
-pub(crate) use connect::{connect, finish_connect, resolve};
+pub(crate) use connect::{connect, connect_settled, finish_connect, resolve};
 pub(crate) use datagram_socket::{DatagramSocket, Received};
 pub(crate) use listener::Listener;
 

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 
+use crate::sys::retry;
+
 pub(crate) use tls_stream::TlsStream;
 
 /// A connected, non-blocking stream socket.
@@ -132,18 +134,6 @@ impl Io {
             reads: 0,
             writes: 0,
             status: Status::Continue,
-        }
-    }
-}
-
-/// Calls `f` again while it fails with `EINTR`: a signal arrived mid-call, which says
-/// nothing about the socket.
-#[inline]
-fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    loop {
-        match f() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => return r,
         }
     }
 }

@@ -43,6 +43,7 @@ use mio::net::TcpStream;
 use rustls::{Connection, ServerConfig};
 
 use super::{Fault, Io, Status};
+use crate::sys::retry;
 use crate::tls::TLS_BUFFER_LIMIT;
 
 /// The ciphertext read buffer: room for a few maximum-size records (16 KiB + 325 B
@@ -154,10 +155,9 @@ impl TlsStream {
     fn write_records(&mut self, writes: &mut u32) -> io::Result<bool> {
         while self.tls.wants_write() {
             *writes += 1;
-            match self.tls.write_tls(&mut self.tcp) {
+            match retry(|| self.tls.write_tls(&mut self.tcp)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
@@ -227,9 +227,7 @@ impl TlsStream {
                 if handshaking && !self.tls.is_handshaking() {
                     self.newly_established = true;
                 }
-                if self.tls.wants_write() {
-                    self.write_records(writes).map_err(Fault::Socket)?;
-                }
+                self.write_records(writes).map_err(Fault::Socket)?;
                 Ok(())
             }
             Err(e) => {
@@ -342,9 +340,8 @@ impl TlsStream {
         CIPHERTEXT.with_borrow_mut(|scratch| {
             loop {
                 io.reads += 1;
-                let n = match self.tcp.read(scratch) {
+                let n = match retry(|| self.tcp.read(scratch)) {
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         return Ok(Some(Status::WouldBlock));
                     }

@@ -63,7 +63,7 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
             let Target::Conn { key: i, .. } = token::decode(ev.token()) else {
                 continue;
             };
-            if i >= n || !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
+            if i >= n || !socket::connect_settled(ev) {
                 continue;
             }
             let Some((mut conn, attempt)) = connecting[i].take() else {

@@ -77,7 +77,7 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                 continue;
             };
             if !s.connected {
-                if !(ev.is_writable() || ev.is_error() || ev.is_write_closed()) {
+                if !socket::connect_settled(ev) {
                     continue;
                 }
                 if let Err(e) = socket::finish_connect(lane.conn.transport()) {
@@ -93,6 +93,7 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                     continue;
                 }
                 s.connected = true;
+                // Writable now: the message goes straight out instead of into the queue.
                 lane.conn.add_event(ev);
                 d.issue(lane, 1, s.started);
             }
