@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::conn::Limits;
 use crate::endpoint::Endpoint;
 use crate::event_loop::EventLoop;
+use crate::proxy::ProxyProtocol;
 use crate::service::Service;
 use crate::socket::{BindOptions, Bound, StdSocket};
 use crate::sys;
@@ -50,6 +51,9 @@ pub struct ListenOptions {
     /// The TLS server configuration of a `tls://` listener; `None` uses the one given
     /// to [`Builder::tls`].
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The PROXY protocol header every connection to this stream listener must start
+    /// with (see [`crate::proxy`]); `None`: no header.
+    pub proxy: Option<ProxyProtocol>,
 }
 
 impl ListenOptions {
@@ -63,6 +67,13 @@ impl ListenOptions {
     /// authentication); see [`tls::server_config`](crate::tls::server_config).
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
         self.tls = Some(config);
+        self
+    }
+
+    /// Expects a PROXY protocol header on every connection (stream listeners only:
+    /// building fails for a datagram socket).
+    pub fn proxy(mut self, version: ProxyProtocol) -> Self {
+        self.proxy = Some(version);
         self
     }
 }
@@ -190,6 +201,21 @@ impl Builder {
                 "no listener given",
             ));
         }
+        for listen in &self.listen {
+            let (datagram, name) = match listen {
+                Listen::Bind(ep, o) => (!ep.is_stream(), o.proxy.map(|_| ep.to_string())),
+                Listen::Adopt(s, o) => (
+                    matches!(s, StdSocket::Udp(_) | StdSocket::UnixDatagram(_)),
+                    o.proxy.map(|_| "a given datagram socket".to_string()),
+                ),
+            };
+            if let (true, Some(name)) = (datagram, name) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{name}: the PROXY protocol applies to stream listeners only"),
+                ));
+            }
+        }
         let mut listeners = Vec::with_capacity(self.listen.len());
         for listen in self.listen {
             match listen {
@@ -201,14 +227,13 @@ impl Builder {
                     };
                     let bound = Bound::bind(&ep, opts)?;
                     let local = bound.local_endpoint(&ep)?;
-                    listeners.push((bound, local));
+                    listeners.push((bound, local, options.proxy));
                 }
                 Listen::Adopt(socket, options) => {
-                    let tls = options.tls;
-                    let adopted = Bound::adopt(socket, tls).map_err(|e| {
+                    let (bound, local) = Bound::adopt(socket, options.tls).map_err(|e| {
                         io::Error::new(e.kind(), format!("cannot serve a given socket: {e}"))
                     })?;
-                    listeners.push(adopted);
+                    listeners.push((bound, local, options.proxy));
                 }
             }
         }

@@ -50,8 +50,8 @@ impl Readiness {
         }
     }
 
-    /// Marks the socket readable, for a listener or datagram socket that an event said
-    /// is readable.
+    /// Marks the socket readable: a listener or datagram socket that an event said is
+    /// readable, or a connection whose transport holds input read on its behalf.
     pub(crate) fn set_readable(&mut self) {
         self.0 |= READABLE;
     }

@@ -11,6 +11,7 @@ use std::io;
 use log::debug;
 
 use crate::conn::{Conns, Phase};
+use crate::proxy::ProxyHeader;
 use crate::stats::Stats;
 use crate::transport::PeerAddr;
 
@@ -190,9 +191,31 @@ impl<'a> Context<'a> {
         self.conns.listener(self.key)
     }
 
-    /// The peer's address (asks the kernel: a `getpeername` call).
+    /// The client's address: the one a PROXY protocol header named, when the listener
+    /// expects one and it named a client; else the socket's peer (asks the kernel: a
+    /// `getpeername` call).
     pub fn peer_addr(&self) -> io::Result<PeerAddr> {
         self.conns.peer_addr(self.key)
+    }
+
+    /// Who passed the connection on when a PROXY protocol header named its client: the
+    /// socket's own peer, the load balancer (a `getpeername` call). `None` for a
+    /// connection without such a header — including a balancer's health check, whose
+    /// `LOCAL` header names no client.
+    pub fn proxied_by(&self) -> Option<io::Result<PeerAddr>> {
+        self.conns.proxied_by(self.key)
+    }
+
+    /// The PROXY protocol header that named this connection's client: its addresses
+    /// and, in version 2, its TLVs (ALPN, authority, unique id, TLS details).
+    pub fn proxy_header(&self) -> Option<&ProxyHeader> {
+        self.conns.proxy_header(self.key)
+    }
+
+    /// This end's address, the one the connection was accepted on (a `getsockname`
+    /// call).
+    pub fn local_addr(&self) -> io::Result<PeerAddr> {
+        self.conns.local_addr(self.key)
     }
 
     /// Bytes written by this connection's service but not yet taken by the socket.

@@ -46,6 +46,17 @@ counters! {
     tls_errors,
     /// TLS connections closed because the handshake did not complete in time.
     handshake_timeouts,
+    /// PROXY protocol headers received and taken off (`LOCAL` and `UNKNOWN` ones too).
+    proxy_headers,
+    /// PROXY protocol headers that named no client: version 2 `LOCAL` (a balancer's
+    /// health check) or version 1 `UNKNOWN`. The connection keeps the socket's addresses.
+    proxy_local,
+    /// Connections closed because what came where a PROXY header was expected was not
+    /// one: garbage, a wrong signature, a header cut short by the peer, or one too long.
+    proxy_errors,
+    /// Connections closed because their PROXY header was not complete within
+    /// `--handshake-timeout` of the accept.
+    proxy_timeouts,
     /// Bytes read from stream sockets and datagrams received.
     bytes_in,
     /// Bytes written to stream sockets and datagrams sent.

@@ -108,6 +108,27 @@ impl Connection {
     #[inline]
     pub(crate) fn read(&mut self, buf: &mut [u8], stats: &mut Stats) -> Input {
         let io = self.transport.read(buf);
+        self.settle_read(io, stats)
+    }
+
+    /// Reads once into `buf` from the socket itself, beneath any TLS session (see
+    /// [`Transport::read_raw`]), with the same rules as [`read`](Self::read).
+    pub(crate) fn read_raw(&mut self, buf: &mut [u8], stats: &mut Stats) -> Input {
+        let io = self.transport.read_raw(buf);
+        self.settle_read(io, stats)
+    }
+
+    /// Bytes taken with [`read_raw`](Self::read_raw) that the session above must read
+    /// (ciphertext behind a PROXY header): kept by the transport, and the connection
+    /// counts as readable until they are read.
+    pub(crate) fn unread(&mut self, bytes: &[u8]) {
+        self.transport.unread(bytes);
+        self.readiness.set_readable();
+    }
+
+    /// Applies how a read ended to the counters and the readable flag.
+    #[inline]
+    fn settle_read(&mut self, io: Io, stats: &mut Stats) -> Input {
         count(&io, stats, false);
         match io.status {
             Status::Continue | Status::Handshaking => {}

@@ -7,6 +7,10 @@
 //!            accept
 //!              │
 //!              ▼
+//!           Header           (listeners that expect a PROXY protocol header) input is
+//!              │             read and kept until the header is whole; nothing is served
+//!              │ header taken off: the service is opened, bytes behind it go to it
+//!              ▼
 //!   ┌──────── Open ◄──────────────┐   reading and writing
 //!   │          │ unsent ≥ high    │ unsent ≤ low
 //!   │          ├──────────► (paused) ──┘   not reading: backpressure
@@ -22,7 +26,7 @@
 //!   │          ▼             the last bytes in flight
 //!   │        closed
 //!   │
-//!   └─ reset, TLS error, idle or handshake timeout, slow consumer ──► closed at once
+//!   └─ reset, TLS or PROXY error, idle or handshake timeout, slow consumer ──► closed at once
 //! ```
 //!
 //! Who moves it: the loop's steps (`Conns::next_step`) for reading, writing and
@@ -36,12 +40,16 @@ use std::io;
 
 use super::connection::Connection;
 use super::timer::{Linked, Links, Timer};
+use crate::proxy::ProxyProtocol;
 use crate::stats::Stats;
 use crate::transport::Fault;
 
 /// Where a connection is in its life (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
+    /// Waiting for the PROXY protocol header the listener expects: the service has not
+    /// been opened yet (see `crate::proxy`).
+    Header(ProxyProtocol),
     /// Reading and writing.
     Open,
     /// No more input is served; the output still owed is being written.
@@ -65,6 +73,10 @@ pub(crate) enum Reason {
     IdleTimeout,
     /// A TLS handshake did not complete within `--handshake-timeout`.
     HandshakeTimeout,
+    /// A PROXY protocol header did not complete within `--handshake-timeout`.
+    ProxyTimeout,
+    /// What came where a PROXY protocol header was expected was not one.
+    ProxyError(String),
     /// The socket failed: a reset, a broken pipe.
     SocketError(io::Error),
     /// The peer broke the TLS protocol.
@@ -100,6 +112,8 @@ impl Reason {
             Reason::TlsError(_) => stats.tls_errors += 1,
             Reason::IdleTimeout => stats.idle_timeouts += 1,
             Reason::HandshakeTimeout => stats.handshake_timeouts += 1,
+            Reason::ProxyTimeout => stats.proxy_timeouts += 1,
+            Reason::ProxyError(_) => stats.proxy_errors += 1,
             Reason::SlowConsumer { .. } => stats.slow_consumers += 1,
             Reason::Evicted { .. } => {
                 stats.slow_consumers += 1;
@@ -117,6 +131,8 @@ impl fmt::Display for Reason {
             Reason::LingerOver => f.write_str("linger time over"),
             Reason::IdleTimeout => f.write_str("idle timeout"),
             Reason::HandshakeTimeout => f.write_str("TLS handshake timeout"),
+            Reason::ProxyTimeout => f.write_str("no complete PROXY header in time"),
+            Reason::ProxyError(what) => f.write_str(what),
             Reason::SocketError(e) => write!(f, "error: {e}"),
             Reason::TlsError(what) => f.write_str(what),
             Reason::SlowConsumer { queued, limit } => write!(
@@ -148,6 +164,8 @@ pub(crate) enum Step {
     Shutdown,
     /// Read: the socket is readable and the connection is not paused.
     Read,
+    /// Read the PROXY protocol header (or more of it): the socket is readable.
+    ReadHeader,
     /// Ask the service for more output ([`Service::writable`](crate::Service::writable)).
     Produce,
     /// Nothing until the next event.
@@ -168,6 +186,8 @@ impl Flags {
     pub(crate) const WANTS_WRITABLE: u8 = 4;
     /// On the loop's list of connections to serve next turn without an event.
     pub(crate) const READY_LISTED: u8 = 8;
+    /// A PROXY protocol header named its client (kept by the connection table).
+    pub(crate) const PROXIED: u8 = 64;
     /// Which deadline list it is on: none, or a [`Timer`] + 1, in bits 4–5.
     const TIMER_SHIFT: u8 = 4;
     const TIMER_MASK: u8 = 0b11 << Self::TIMER_SHIFT;
@@ -226,12 +246,12 @@ impl Linked for Entry {
 }
 
 impl Entry {
-    pub(crate) fn new(conn: Connection, seq: u32, listener: u16) -> Self {
+    pub(crate) fn new(conn: Connection, seq: u32, listener: u16, phase: Phase) -> Self {
         Entry {
             conn,
             seq,
             listener,
-            phase: Phase::Open,
+            phase,
             flags: Flags::default(),
             links: Links::default(),
         }

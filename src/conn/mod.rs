@@ -18,6 +18,20 @@
 //! ([`Conns::take_closed`]). Everything that ends a connection goes through that list,
 //! so one function logs, counts and removes every close.
 //!
+//! # The PROXY protocol header
+//! A connection accepted by a listener that expects a PROXY protocol header (see
+//! `crate::proxy`) starts in [`Phase::Header`], on the handshake deadline, and its
+//! service is not opened yet. Its input is read from the socket itself — beneath TLS,
+//! whose handshake comes after the header — and parsed; bytes of a header still
+//! incomplete are kept here, in a side table, and nothing else is (so a connection
+//! whose header trickles in costs its entry plus those bytes, at most
+//! [`MAX_V2_HEADER`](crate::proxy::MAX_V2_HEADER)). Once the header is whole it is
+//! taken off, the client it names is kept (another side table: only proxied
+//! connections pay for it) and becomes the connection's peer, and the bytes that came
+//! behind it go to the service — or, over TLS, back to the session as the start of its
+//! handshake. A header is one read in the usual case, header and first data together:
+//! no system call more than a connection without one.
+//!
 //! # Memory
 //! An entry is 48 bytes: the socket, a ticket to its output queue, its readiness, its
 //! sequence number, its listener, its phase and flags, and its place in a deadline
@@ -28,6 +42,8 @@ mod entry;
 mod outbox;
 mod timer;
 
+use std::collections::HashMap;
+use std::fmt;
 use std::io;
 
 use log::{debug, trace, warn};
@@ -41,6 +57,7 @@ pub(crate) use outbox::Outboxes;
 use entry::{Entry, Flags};
 use timer::{Deadlines, TIMER_KINDS, Timer};
 
+use crate::proxy::{self, Parsed, ProxyHeader, ProxyProtocol};
 use crate::readiness::Readiness;
 use crate::service::ConnId;
 use crate::stats::Stats;
@@ -88,6 +105,22 @@ pub(crate) struct Conns {
     /// The output queued for all connections passed the total limit during the last
     /// callback: [`take_closed`](Self::take_closed) picks whom to close.
     over_total: bool,
+    /// The bytes so far of PROXY headers not yet complete, by slot.
+    partial_headers: HashMap<usize, Vec<u8>>,
+    /// The PROXY headers that named a client, by slot (entries flagged `PROXIED`).
+    proxied: HashMap<usize, Box<ProxyHeader>>,
+}
+
+/// What reading a PROXY protocol header came to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HeaderRead {
+    /// Not complete yet: wait for more.
+    Waiting,
+    /// Taken off; the connection is open. This many bytes that came behind it are at
+    /// the front of the buffer, for the service.
+    Done(usize),
+    /// The connection was closed: a bad header, an early end, an error.
+    Closed,
 }
 
 impl Conns {
@@ -109,6 +142,8 @@ impl Conns {
             now_ms: 0,
             next_seq: 0,
             over_total: false,
+            partial_headers: HashMap::new(),
+            proxied: HashMap::new(),
         }
     }
 
@@ -148,19 +183,26 @@ impl Conns {
     }
 
     /// Adds an accepted connection and starts its deadline: the handshake deadline for
-    /// a TLS connection, else the idle timer (if any). Returns its slot.
-    pub(crate) fn insert(&mut self, transport: Transport, listener: usize) -> usize {
+    /// a connection that owes a PROXY header (`proxy`) or a TLS handshake, else the
+    /// idle timer (if any). Returns its slot.
+    pub(crate) fn insert(
+        &mut self,
+        transport: Transport,
+        listener: usize,
+        proxy: Option<ProxyProtocol>,
+    ) -> usize {
         self.next_seq = self.next_seq.wrapping_add(1);
-        let timer = if transport.is_handshaking() {
+        let timer = if proxy.is_some() || transport.is_handshaking() {
             Some(Timer::Handshake)
         } else {
             self.idle_timer()
         };
+        let phase = proxy.map_or(Phase::Open, Phase::Header);
         let conn = Connection::new(transport, Readiness::WRITABLE);
         let listener = u16::try_from(listener).unwrap_or(u16::MAX);
         let key = self
             .entries
-            .insert(Entry::new(conn, self.next_seq, listener));
+            .insert(Entry::new(conn, self.next_seq, listener, phase));
         self.start_timer(key, timer);
         key
     }
@@ -208,9 +250,40 @@ impl Conns {
         self.entries[key].phase
     }
 
-    /// The peer's address (a `getpeername` call).
+    /// The peer's address: the client a PROXY header named, else the socket's peer (a
+    /// `getpeername` call).
     pub(crate) fn peer_addr(&self, key: usize) -> io::Result<PeerAddr> {
-        self.entries[key].conn.transport().peer_addr()
+        match self.proxy_header(key) {
+            Some(h) => Ok(h.source().clone()),
+            None => self.entries[key].conn.transport().peer_addr(),
+        }
+    }
+
+    /// The socket's peer when a PROXY header named someone else as the client: the
+    /// balancer.
+    pub(crate) fn proxied_by(&self, key: usize) -> Option<io::Result<PeerAddr>> {
+        self.proxy_header(key)
+            .map(|_| self.entries[key].conn.transport().peer_addr())
+    }
+
+    /// The PROXY header that named this connection's client.
+    pub(crate) fn proxy_header(&self, key: usize) -> Option<&ProxyHeader> {
+        if !self.entries[key].flags.has(Flags::PROXIED) {
+            return None;
+        }
+        self.proxied.get(&key).map(|h| &**h)
+    }
+
+    /// This end's address (a `getsockname` call).
+    pub(crate) fn local_addr(&self, key: usize) -> io::Result<PeerAddr> {
+        self.entries[key].conn.transport().local_addr()
+    }
+
+    /// The connection for the log: `conn 7 from 203.0.113.9:41000 via
+    /// 127.0.0.1:55012` (via: the balancer, when a PROXY header named the client).
+    /// Addresses are asked for only when it is formatted.
+    pub(crate) fn describe(&self, key: usize) -> Described<'_> {
+        Described { conns: self, key }
     }
 
     /// The connection's socket, to register it with `poll`.
@@ -266,6 +339,8 @@ impl Conns {
         }
         match e.phase {
             Phase::Open => {}
+            Phase::Header(_) if ready.readable() => return Step::ReadHeader,
+            Phase::Header(_) => return Step::Wait,
             Phase::Closing if e.conn.owes() => return Step::Wait,
             Phase::Closing => return Step::Shutdown,
             Phase::Lingering if ready.readable() => return Step::Read,
@@ -331,6 +406,118 @@ impl Conns {
             self.touch(key);
         }
         input
+    }
+
+    /// Reads the PROXY protocol header, or more of it (the [`Step::ReadHeader`] step;
+    /// see the module docs). Every byte read is counted in `bytes_in` here, those
+    /// handed on to the service included.
+    pub(crate) fn read_header(
+        &mut self,
+        key: usize,
+        buf: &mut [u8],
+        stats: &mut Stats,
+    ) -> HeaderRead {
+        let e = &mut self.entries[key];
+        let Phase::Header(expect) = e.phase else {
+            return HeaderRead::Waiting;
+        };
+        let n = match e.conn.read_raw(buf, stats) {
+            Input::Data(n) => n,
+            Input::Nothing => return HeaderRead::Waiting,
+            Input::Eof => {
+                // Nothing at all is a port check (a balancer's plain TCP health check,
+                // `nc -z`), not an error.
+                let reason = match self.partial_headers.get(&key) {
+                    None => Reason::PeerClosed,
+                    Some(got) => Reason::ProxyError(format!(
+                        "closed by the peer after {} bytes of an unfinished PROXY header",
+                        got.len()
+                    )),
+                };
+                self.close_asap(key, reason);
+                return HeaderRead::Closed;
+            }
+            Input::Failed(fault) => {
+                self.close_asap(key, fault.into());
+                return HeaderRead::Closed;
+            }
+        };
+        stats.bytes_in += n as u64;
+        // The usual case: the whole header in one read, parsed where it landed. Either
+        // way, what came behind a whole header ends up at the front of `buf`.
+        let (parsed, total) = match self.partial_headers.remove(&key) {
+            None => {
+                let parsed = proxy::parse(&buf[..n], expect);
+                match parsed {
+                    Parsed::Done(len, _) => buf.copy_within(len..n, 0),
+                    Parsed::Incomplete => {
+                        self.partial_headers.insert(key, buf[..n].to_vec());
+                    }
+                    Parsed::Invalid(_) => {}
+                }
+                (parsed, n)
+            }
+            Some(mut got) => {
+                got.extend_from_slice(&buf[..n]);
+                let parsed = proxy::parse(&got, expect);
+                let total = got.len();
+                match parsed {
+                    // The header was not whole before this read, so what follows it
+                    // is shorter than the read and fits the buffer.
+                    Parsed::Done(len, _) => buf[..total - len].copy_from_slice(&got[len..]),
+                    Parsed::Incomplete => {
+                        self.partial_headers.insert(key, got);
+                    }
+                    Parsed::Invalid(_) => {}
+                }
+                (parsed, total)
+            }
+        };
+        match parsed {
+            Parsed::Incomplete => HeaderRead::Waiting,
+            Parsed::Invalid(what) => {
+                self.close_asap(key, Reason::ProxyError(what));
+                HeaderRead::Closed
+            }
+            Parsed::Done(len, header) => {
+                let rest = total - len;
+                self.header_taken(key, header, stats);
+                let e = &mut self.entries[key];
+                if rest > 0 && matches!(e.conn.transport(), Transport::Tls(_)) {
+                    e.conn.unread(&buf[..rest]);
+                    return HeaderRead::Done(0);
+                }
+                HeaderRead::Done(rest)
+            }
+        }
+    }
+
+    /// A whole PROXY header was taken off: the connection is open, its client known.
+    fn header_taken(&mut self, key: usize, header: Option<ProxyHeader>, stats: &mut Stats) {
+        stats.proxy_headers += 1;
+        let e = &mut self.entries[key];
+        e.phase = Phase::Open;
+        match header {
+            Some(h) => {
+                e.flags.set(Flags::PROXIED, true);
+                let version = h.version();
+                self.proxied.insert(key, Box::new(h));
+                debug!("{}: PROXY v{version} header", self.describe(key));
+            }
+            None => {
+                stats.proxy_local += 1;
+                debug!(
+                    "conn {}: PROXY header names no client (LOCAL or UNKNOWN: a health \
+                     check); the socket's addresses stand",
+                    e.seq
+                );
+            }
+        }
+        // A TLS handshake still to come stays on the deadline counted from the accept.
+        if !self.entries[key].conn.transport().is_handshaking() {
+            self.stop_timer(key);
+            self.start_timer(key, self.idle_timer());
+        }
     }
 
     /// `sendall` for a service (see [`Connection::send`]), with the per-connection
@@ -480,18 +667,12 @@ impl Conns {
             if total <= target {
                 break;
             }
-            let peer = self
-                .peer_addr(key)
-                .map_or_else(|_| "an unknown peer".to_string(), |p| p.to_string());
             let reason = Reason::Evicted {
                 queued,
                 total,
                 limit,
             };
-            warn!(
-                "conn {} from {peer}: closing, {reason}",
-                self.entries[key].seq
-            );
+            warn!("{}: closing, {reason}", self.describe(key));
             self.close_asap(key, reason);
         }
     }
@@ -500,6 +681,12 @@ impl Conns {
     /// takes it out of the poll set).
     pub(crate) fn remove(&mut self, key: usize) -> (ConnId, Connection) {
         self.stop_timer(key);
+        if !self.partial_headers.is_empty() {
+            self.partial_headers.remove(&key);
+        }
+        if self.entries[key].flags.has(Flags::PROXIED) {
+            self.proxied.remove(&key);
+        }
         let id = self.id(key);
         let mut e = self.entries.remove(key);
         e.conn.drop_output(&mut self.outboxes);
@@ -515,6 +702,9 @@ impl Conns {
             (Timer::Handshake, Reason::HandshakeTimeout),
         ] {
             if let Some(key) = self.timers[t as usize].expired(now, &self.entries) {
+                if matches!(self.entries[key].phase, Phase::Header(_)) {
+                    return Some((key, Reason::ProxyTimeout));
+                }
                 return Some((key, reason));
             }
         }
@@ -572,6 +762,29 @@ impl Conns {
         if let Some(t) = self.entries[key].flags.timer() {
             self.timers[t as usize].unlink(key, &mut self.entries);
             self.entries[key].flags.set_timer(None);
+        }
+    }
+}
+
+/// A connection as the log names it (see [`Conns::describe`]).
+pub(crate) struct Described<'a> {
+    conns: &'a Conns,
+    key: usize,
+}
+
+impl fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (conns, key) = (self.conns, self.key);
+        let Some(e) = conns.entries.get(key) else {
+            return write!(f, "slot {key}");
+        };
+        write!(f, "conn {}", e.seq)?;
+        let socket_peer = e.conn.transport().peer_addr();
+        match (conns.proxy_header(key), socket_peer) {
+            (Some(h), Ok(via)) => write!(f, " from {} via {via}", h.source()),
+            (Some(h), Err(_)) => write!(f, " from {}", h.source()),
+            (None, Ok(peer)) => write!(f, " from {peer}"),
+            (None, Err(_)) => Ok(()),
         }
     }
 }

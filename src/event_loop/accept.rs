@@ -9,6 +9,7 @@ use log::{debug, warn};
 use mio::Interest;
 
 use super::{EventLoop, SocketKind};
+use crate::proxy::ProxyProtocol;
 use crate::service::{Context, Service};
 use crate::socket::Listener;
 use crate::sys;
@@ -24,15 +25,18 @@ const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// A stream listener and its accept back-off.
 pub(super) struct ListenerState {
     pub(super) listener: Listener,
+    /// The PROXY protocol header its connections start with, if any.
+    proxy: Option<ProxyProtocol>,
     /// Not accepting until then: descriptors ran out.
     pub(super) paused_until: Option<Instant>,
     backoff: Duration,
 }
 
 impl ListenerState {
-    pub(super) fn new(listener: Listener) -> Self {
+    pub(super) fn new(listener: Listener, proxy: Option<ProxyProtocol>) -> Self {
         ListenerState {
             listener,
+            proxy,
             paused_until: None,
             backoff: BACKOFF_MIN,
         }
@@ -57,7 +61,8 @@ impl<S: Service> EventLoop<S> {
             match l.listener.accept() {
                 Ok((transport, peer)) => {
                     l.backoff = BACKOFF_MIN;
-                    self.admit(i, transport, peer);
+                    let proxy = l.proxy;
+                    self.admit(i, transport, peer, proxy);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.sockets[i].readiness.clear_readable();
@@ -83,12 +88,18 @@ impl<S: Service> EventLoop<S> {
         self.carry_over_socket(i);
     }
 
-    fn admit(&mut self, i: usize, transport: Transport, peer: PeerAddr) {
+    fn admit(
+        &mut self,
+        i: usize,
+        transport: Transport,
+        peer: PeerAddr,
+        proxy: Option<ProxyProtocol>,
+    ) {
         if self.conns.is_full() || self.draining_until.is_some() {
             self.reject(i, transport, &peer);
             return;
         }
-        let key = self.conns.insert(transport, i);
+        let key = self.conns.insert(transport, i, proxy);
         let token = self.conns.token(key);
         if let Err(e) = self.poll.registry().register(
             self.conns.source(key),
@@ -101,10 +112,27 @@ impl<S: Service> EventLoop<S> {
         }
         self.stats.accepted += 1;
         debug!(
-            "conn {}: accepted from {peer} on {}",
+            "conn {}: accepted from {peer} on {}{}",
             self.conns.id(key),
-            self.sockets[i].local
+            self.sockets[i].local,
+            if proxy.is_some() {
+                ", waiting for its PROXY header"
+            } else {
+                ""
+            }
         );
+        // A connection that owes a PROXY header meets its service once the header is
+        // read: the registration reports its first bytes as an event.
+        if proxy.is_none() && self.open(key) {
+            // Data that arrived with the connection is reported by the registration, as
+            // an event; what the service wrote or asked for in `open` is done now.
+            self.serve(key);
+        }
+    }
+
+    /// Opens the service for connection `key` (accepted, and its PROXY header read if
+    /// it owed one). False if the connection ended meanwhile.
+    pub(super) fn open(&mut self, key: usize) -> bool {
         let state = self
             .service
             .open(&mut Context::new(&mut self.conns, &mut self.stats, key));
@@ -112,12 +140,7 @@ impl<S: Service> EventLoop<S> {
             self.states.resize_with(key + 1, || None);
         }
         self.states[key] = Some(state);
-        if self.reap(key) {
-            return;
-        }
-        // Data that arrived with the connection is reported by the registration, as an
-        // event; what the service wrote or asked for in `open` is done now.
-        self.serve(key);
+        !self.reap(key)
     }
 
     /// Accepted past `--max-conns` (or while shutting down): tell the peer, close.

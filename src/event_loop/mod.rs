@@ -44,6 +44,7 @@ use receive::DatagramState;
 use crate::config::{Config, READ_BUFFER};
 use crate::conn::{Conns, Limits};
 use crate::endpoint::Endpoint;
+use crate::proxy::ProxyProtocol;
 use crate::readiness::Readiness;
 use crate::service::Service;
 use crate::socket::{Bound, StdSocket};
@@ -132,16 +133,16 @@ pub struct EventLoop<S: Service> {
 
 impl<S: Service> EventLoop<S> {
     pub(crate) fn new(
-        sockets: Vec<(Bound, Endpoint)>,
+        sockets: Vec<(Bound, Endpoint, Option<ProxyProtocol>)>,
         service: S,
         config: Config,
         limits: Limits,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let mut slots = Vec::with_capacity(sockets.len());
-        for (i, (bound, local)) in sockets.into_iter().enumerate() {
+        for (i, (bound, local, proxy)) in sockets.into_iter().enumerate() {
             let mut kind = match bound {
-                Bound::Listener(l) => SocketKind::Listener(ListenerState::new(l)),
+                Bound::Listener(l) => SocketKind::Listener(ListenerState::new(l, proxy)),
                 Bound::Datagram(d) => {
                     SocketKind::Datagram(Box::new(DatagramState::new(d, config.datagram_batch)))
                 }

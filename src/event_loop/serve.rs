@@ -12,7 +12,7 @@ use log::{debug, trace};
 use mio::event::Event;
 
 use super::EventLoop;
-use crate::conn::{Input, Phase, Reason, Step};
+use crate::conn::{HeaderRead, Input, Phase, Reason, Step};
 use crate::service::{Context, Service};
 
 /// Which service callback to run for a connection.
@@ -68,7 +68,7 @@ impl<S: Service> EventLoop<S> {
                 Step::Wait => return,
                 Step::Flush => self.conns.flush(key, &mut self.stats),
                 Step::Shutdown => self.conns.shutdown(key, &mut self.stats),
-                Step::Read | Step::Produce if budget == 0 => {
+                Step::Read | Step::ReadHeader | Step::Produce if budget == 0 => {
                     self.stats.budget_yields += 1;
                     trace!(
                         "conn {}: budget used, continuing next turn",
@@ -87,6 +87,12 @@ impl<S: Service> EventLoop<S> {
                     budget -= 1;
                     self.conns.take_writable_request(key);
                     self.callback(key, Callback::Writable);
+                }
+                Step::ReadHeader => {
+                    budget -= 1;
+                    if !self.read_header(key) {
+                        return;
+                    }
                 }
             }
             if self.reap(key) {
@@ -123,13 +129,38 @@ impl<S: Service> EventLoop<S> {
                         self.conns.close(key);
                     }
                     Phase::Lingering => self.conns.close_asap(key, Reason::PeerClosed),
-                    Phase::Closing | Phase::Closed => {}
+                    Phase::Header(_) | Phase::Closing | Phase::Closed => {}
                 }
             }
             Input::Nothing => trace!("conn {}: nothing more to read", self.conns.id(key)),
             Input::Failed(fault) => {
                 debug!("conn {}: read: {fault}", self.conns.id(key));
                 self.conns.close_asap(key, fault.into());
+            }
+        }
+    }
+
+    /// Reads the connection's PROXY header, or more of it; once it is whole the
+    /// service is opened and given the bytes that came behind it. False when the
+    /// connection is gone.
+    fn read_header(&mut self, key: usize) -> bool {
+        match self
+            .conns
+            .read_header(key, &mut self.scratch, &mut self.stats)
+        {
+            HeaderRead::Waiting | HeaderRead::Closed => true,
+            HeaderRead::Done(rest) => {
+                if !self.open(key) {
+                    return false;
+                }
+                if rest > 0 && self.conns.phase(key) == Phase::Open {
+                    trace!(
+                        "conn {}: {rest} bytes behind the PROXY header",
+                        self.conns.id(key)
+                    );
+                    self.callback(key, Callback::Data(rest));
+                }
+                true
             }
         }
     }
@@ -166,12 +197,12 @@ impl<S: Service> EventLoop<S> {
     /// Removes connection `key`: counts and logs why it ended, hands its state back to
     /// the service, and closes its socket.
     pub(super) fn finish(&mut self, key: usize, reason: Reason) {
+        debug!("{}: closed ({reason})", self.conns.describe(key));
         let (id, conn) = self.conns.remove(key);
         reason.count(&mut self.stats);
         if let Some(state) = self.states.get_mut(key).and_then(Option::take) {
             self.service.close(state, id);
         }
-        debug!("conn {id}: closed ({reason})");
         // Dropping the socket closes the descriptor, which also removes it from the
         // poll set (no deregister call needed: it was never duplicated).
         drop(conn);

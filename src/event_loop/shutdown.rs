@@ -61,8 +61,18 @@ impl<S: Service> EventLoop<S> {
         }
         for key in self.conns.keys() {
             // An earlier connection's callback may have closed this one meanwhile.
-            if !self.conns.contains(key) || self.conns.phase(key) != Phase::Open {
+            if !self.conns.contains(key) {
                 continue;
+            }
+            match self.conns.phase(key) {
+                Phase::Open => {}
+                // Not served yet: nothing is owed to it.
+                Phase::Header(_) => {
+                    self.conns.close_asap(key, Reason::Shutdown);
+                    self.reap(key);
+                    continue;
+                }
+                _ => continue,
             }
             // No more input will be served; let the service write what it owes for
             // input it already has (a line without its terminator).

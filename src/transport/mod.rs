@@ -196,6 +196,26 @@ impl Transport {
         }
     }
 
+    /// Reads the socket itself, beneath any TLS session: for what comes before the
+    /// session, a PROXY protocol header.
+    pub(crate) fn read_raw(&mut self, buf: &mut [u8]) -> Io {
+        let r = match self {
+            Transport::Tcp(s) => retry(|| s.read(buf)),
+            Transport::Unix(s) => retry(|| s.read(buf)),
+            Transport::Tls(s) => retry(|| s.tcp.read(buf)),
+        };
+        Io::of_call(r, buf.len(), false)
+    }
+
+    /// Bytes read with [`read_raw`](Self::read_raw) that belong to the session: TLS
+    /// keeps them as ciphertext for its next read. Plain streams have no session;
+    /// their caller hands such bytes on itself.
+    pub(crate) fn unread(&mut self, bytes: &[u8]) {
+        if let Transport::Tls(s) = self {
+            s.unread(bytes);
+        }
+    }
+
     /// Writes `parts`, `len` bytes in all, as if concatenated: one `write` for one
     /// part, one `writev` for several.
     #[inline]
@@ -278,6 +298,15 @@ impl Transport {
             Transport::Tcp(s) => s.take_error(),
             Transport::Unix(s) => s.take_error(),
             Transport::Tls(s) => s.tcp.take_error(),
+        }
+    }
+
+    /// This end's address (a `getsockname` call).
+    pub(crate) fn local_addr(&self) -> io::Result<PeerAddr> {
+        match self {
+            Transport::Tcp(s) => s.local_addr().map(PeerAddr::Inet),
+            Transport::Unix(s) => s.local_addr().map(|a| PeerAddr::from_unix(&a)),
+            Transport::Tls(s) => s.tcp.local_addr().map(PeerAddr::Inet),
         }
     }
 

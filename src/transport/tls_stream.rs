@@ -145,6 +145,13 @@ impl TlsStream {
         format!("{version}, {suite}")
     }
 
+    /// Ciphertext read from the socket by someone else (the PROXY header reader, whose
+    /// read took the start of the handshake with the header): the next read feeds it
+    /// to rustls before reading the socket.
+    pub(crate) fn unread(&mut self, bytes: &[u8]) {
+        self.rx.extend_from_slice(bytes);
+    }
+
     /// True while rustls holds records that did not fit the socket.
     pub(crate) fn holds_output(&self) -> bool {
         self.tls.wants_write()

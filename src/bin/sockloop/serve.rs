@@ -9,7 +9,7 @@ use clap::Args;
 use log::{error, info};
 
 use sockloop::services::{DEFAULT_MAX_LINE, Mode, Modes};
-use sockloop::{Builder, Config, Endpoint, ListenOptions, Url, sys, tls};
+use sockloop::{Builder, Config, Endpoint, ListenOptions, ProxyProtocol, Url, sys, tls};
 
 use crate::Secs;
 
@@ -24,7 +24,9 @@ pub(crate) struct ServeArgs {
     /// udp://HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port), unix:PATH,
     /// unixgram:PATH.
     /// `?mode=MODE` overrides --mode for this listener; `?perm=0660` sets a Unix
-    /// socket file's permissions. Default: tcp://127.0.0.1:5001 and udp://127.0.0.1:5001.
+    /// socket file's permissions; `?proxy=v1|v2|any` (stream listeners) expects a PROXY
+    /// protocol header, `?proxy=off` none. Default: tcp://127.0.0.1:5001 and
+    /// udp://127.0.0.1:5001.
     #[arg(long = "listen", value_name = "URL", value_parser = parse_listen)]
     listen: Vec<ListenArg>,
 
@@ -79,7 +81,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
 
-    /// Close a TLS connection whose handshake has not completed this long after accept.
+    /// Every stream listener (tcp://, tls://, unix:) expects a PROXY protocol header
+    /// from its clients' load balancer, version v1, v2 or either (any), unless its URL
+    /// says `?proxy=off`. The header names the real client; without it a connection is
+    /// closed.
+    #[arg(long, value_name = "VERSION", value_parser = parse_proxy)]
+    proxy_protocol: Option<ProxyProtocol>,
+
+    /// Close a connection whose TLS handshake, or PROXY protocol header, has not
+    /// completed this long after accept.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().handshake_timeout))]
     handshake_timeout: Secs,
 
@@ -97,7 +107,7 @@ pub(crate) struct ServeArgs {
 }
 
 /// Query keys a listener URL may carry.
-const LISTEN_PARAMS: &[&str] = &["mode", "perm"];
+const LISTEN_PARAMS: &[&str] = &["mode", "perm", "proxy"];
 
 /// One `--listen` URL with its query read: what the server needs to know of it.
 #[derive(Clone, Debug)]
@@ -107,6 +117,9 @@ pub(crate) struct ListenArg {
     mode: Option<Mode>,
     /// `?perm=`: the permission bits of a Unix socket file.
     perm: Option<u32>,
+    /// `?proxy=`: the PROXY protocol header expected (`Some(None)`: `off`, whatever
+    /// `--proxy-protocol` says).
+    proxy: Option<Option<ProxyProtocol>>,
 }
 
 /// Parses a `--listen` URL and its query once, so that a bad parameter is a usage
@@ -118,6 +131,7 @@ fn parse_listen(s: &str) -> Result<ListenArg, String> {
         endpoint: url.endpoint,
         mode: None,
         perm: None,
+        proxy: None,
     };
     for (k, v) in &url.query {
         match k.as_str() {
@@ -133,6 +147,18 @@ fn parse_listen(s: &str) -> Result<ListenArg, String> {
                 }
                 let perm = parse_perm(v)?;
                 arg.perm.get_or_insert(perm);
+            }
+            "proxy" => {
+                if !arg.endpoint.is_stream() {
+                    return Err(format!(
+                        "'{s}': proxy= applies to stream listeners only (tcp://, tls://, unix:)"
+                    ));
+                }
+                let proxy = match v.as_str() {
+                    "off" => None,
+                    v => Some(parse_proxy(v)?),
+                };
+                arg.proxy.get_or_insert(proxy);
             }
             _ => {
                 return Err(format!(
@@ -154,6 +180,10 @@ fn parse_perm(v: &str) -> Result<u32, String> {
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+fn parse_proxy(s: &str) -> Result<ProxyProtocol, String> {
     s.parse()
 }
 
@@ -238,6 +268,14 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         let mut options = ListenOptions::default();
         if let Some(perm) = l.perm {
             options = options.unix_perm(perm);
+        }
+        let proxy = match l.proxy {
+            Some(given) => given,
+            None if l.endpoint.is_stream() => args.proxy_protocol,
+            None => None,
+        };
+        if let Some(version) = proxy {
+            options = options.proxy(version);
         }
         builder = builder.listen_with(l.endpoint.clone(), options);
     }
