@@ -4,7 +4,7 @@
 
 pub mod util;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
@@ -172,4 +172,77 @@ fn the_ceiling_on_all_output_closes_the_biggest_first() {
         "each eviction names the peer: {evictions:?}"
     );
     drop(silent);
+}
+
+/// Opens `n` connections to `addr`, each writing `first` (nothing: idle), and waits
+/// until the server has read all those bytes and accepted all of them.
+fn hold_connections(server: &Proc, n: usize, first: &[u8]) -> Vec<TcpStream> {
+    let conns: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            let mut s = connect(server.addr(0));
+            if !first.is_empty() {
+                s.write_all(first).expect("write the first bytes");
+            }
+            s
+        })
+        .collect();
+    wait_until("every connection accepted and read", || {
+        let st = server.stats();
+        st["accepted"] >= n as u64 && st["bytes_in"] >= (n * first.len()) as u64
+    });
+    conns
+}
+
+/// Ten thousand connections that never finish their PROXY header cost what ten
+/// thousand idle connections cost, plus the header bytes each sent (kept until the
+/// header is whole) and their place in the table of unfinished headers — and they
+/// are closed at the deadline, every one counted as a timeout.
+#[test]
+fn unfinished_proxy_headers_cost_what_idle_connections_cost() {
+    const N: usize = 10_000;
+    const SENT: usize = 10;
+    util::server::raise_nofile();
+    let idle_cost = {
+        let server = Proc::serve(&["--listen", "tcp://127.0.0.1:0"]);
+        let before = server.rss_kb();
+        let conns = hold_connections(&server, N, b"");
+        let cost = server.rss_kb().saturating_sub(before);
+        drop(conns);
+        cost
+    };
+    let server = Proc::serve(&[
+        "--listen",
+        "tcp://127.0.0.1:0?proxy=v2",
+        "--handshake-timeout",
+        "4",
+    ]);
+    let before = server.rss_kb();
+    let header = sockloop::proxy::encode(
+        2,
+        "203.0.113.9:41000".parse().unwrap(),
+        "192.0.2.1:5001".parse().unwrap(),
+    );
+    let mut conns = hold_connections(&server, N, &header[..SENT]);
+    let cost = server.rss_kb().saturating_sub(before);
+    // Per connection: the bytes, a heap block for them (32 bytes with malloc's
+    // overhead) and a hash table slot, which doubles as the table grows.
+    let allowance_kb = (N * 200 / 1024) as u64;
+    eprintln!(
+        "{N} idle connections: {idle_cost} KiB; {N} with {SENT} bytes of an unfinished \
+         header: {cost} KiB"
+    );
+    assert!(
+        cost <= idle_cost + allowance_kb,
+        "{N} unfinished headers cost {cost} KiB, idle connections {idle_cost} KiB \
+         (allowance {allowance_kb} KiB)"
+    );
+    wait_until("every unfinished header to time out", || {
+        server.stats()["proxy_timeouts"] == N as u64
+    });
+    let st = server.stats();
+    assert_eq!((st["active"], st["proxy_errors"]), (0, 0));
+    let mut buf = [0u8; 1];
+    for s in conns.iter_mut().step_by(997) {
+        assert_eq!(s.read(&mut buf).expect("closed, not reset"), 0);
+    }
 }
