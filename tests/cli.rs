@@ -91,6 +91,18 @@ fn bad_command_lines_exit_2_before_binding() {
             "unknown mode",
         ),
         (vec!["serve", "--mode", "nope"], "unknown mode"),
+        (
+            vec!["serve", "--listen", "tcp://127.0.0.1:0?proxy=v3"],
+            "unknown PROXY protocol version",
+        ),
+        (
+            vec!["serve", "--listen", "udp://127.0.0.1:0?proxy=v2"],
+            "stream listeners only",
+        ),
+        (
+            vec!["serve", "--proxy-protocol", "yes"],
+            "expected v1, v2 or any",
+        ),
         (vec!["serve", "--max-conns", "0"], "max-conns"),
         (vec!["serve", "--idle-timeout", "soon"], "seconds"),
         (vec!["serve", "--bogus"], "--bogus"),
@@ -358,4 +370,39 @@ fn two_workers_serve_tcp_and_udp_and_shut_down_cleanly() {
     assert_eq!(stats["accepted"], 41, "{log}");
     assert_eq!(stats["closed"], 41);
     assert_eq!(stats["datagrams_out"], 20);
+}
+
+/// `--proxy-protocol` applies to every stream listener but not to datagram sockets,
+/// and `?proxy=off` exempts one listener: a header-less client is refused on the first
+/// and served on the second, and UDP echoes as ever.
+#[test]
+fn proxy_protocol_default_and_its_exemptions() {
+    use std::io::{Read, Write};
+    let server = Proc::serve(&[
+        "--proxy-protocol",
+        "v2",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--listen",
+        "tcp://127.0.0.1:0?proxy=off",
+        "--listen",
+        "udp://127.0.0.1:0",
+    ]);
+    let mut refused = util::net::connect(server.addr(0));
+    refused.write_all(b"no header\n").unwrap();
+    let mut buf = Vec::new();
+    refused.read_to_end(&mut buf).unwrap();
+    assert!(
+        buf.is_empty(),
+        "a listener expecting a header echoed {buf:?}"
+    );
+    assert_eq!(util::net::exchange(server.addr(1), b"exempt"), b"exempt");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(util::net::DEADLINE)).unwrap();
+    udp.send_to(b"dgram", server.addr(2)).unwrap();
+    let mut d = [0u8; 16];
+    let (n, _) = udp.recv_from(&mut d).unwrap();
+    assert_eq!(&d[..n], b"dgram");
+    let st = server.stats();
+    assert_eq!((st["proxy_errors"], st["proxy_headers"]), (1, 0));
 }
