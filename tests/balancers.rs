@@ -134,8 +134,9 @@ fn haproxy_in_front_of_two_servers(version: u8) {
     haproxy.wait_backend_up("be", 2);
 
     // The checks. Version 2 checks send LOCAL: no client, counted apart, never an
-    // error. Version 1 has no LOCAL; HAProxy's checks send a TCP4 line that names
-    // the check's own connection, an ordinary header.
+    // error. Version 1 checks are not pinned down either way: HAProxy 2.6 sends a
+    // TCP4 line naming the check's own connection (an ordinary header), and a
+    // `PROXY UNKNOWN` would be as right.
     for (i, s) in servers.iter().enumerate() {
         wait_stats(s, &format!("server {} to take 3 checks", i + 1), |st| {
             st["proxy_headers"] >= 3
@@ -145,8 +146,6 @@ fn haproxy_in_front_of_two_servers(version: u8) {
         assert_eq!(st["proxy_timeouts"], 0, "server {}: {st:?}", i + 1);
         if version == 2 {
             assert!(st["proxy_local"] >= 3, "server {}: {st:?}", i + 1);
-        } else {
-            assert_eq!(st["proxy_local"], 0, "server {}: {st:?}", i + 1);
         }
     }
 
