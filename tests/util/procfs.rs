@@ -95,6 +95,37 @@ pub fn tcp_state(local: SocketAddr, remote: SocketAddr) -> u8 {
         .unwrap_or_else(|| panic!("no state column in {path}: {line}"))
 }
 
+/// The TCP state `LISTEN` (`0A`).
+pub const TCP_LISTEN: u8 = 0x0A;
+
+/// True when process `pid` holds a socket listening on `addr` (IPv4): a way to see
+/// that another program has bound its port without connecting to it, which it would
+/// count as a client. The socket's inode, from `/proc/net/tcp`, must be among the
+/// process's descriptors: someone else listening on the port does not count.
+pub fn listens_on(pid: u32, addr: SocketAddr) -> bool {
+    let want = proc_net_addr(addr);
+    let inodes: Vec<String> = read("/proc/net/tcp")
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let listening =
+                f.len() > 9 && f[1] == want && u8::from_str_radix(f[3], 16) == Ok(TCP_LISTEN);
+            listening.then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    // The process may be gone or exiting: then it listens on nothing.
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+}
+
 /// An address as `/proc/net/tcp` prints it: the IP as 32-bit words in host byte
 /// order, in hex, then `:` and the port in hex.
 fn proc_net_addr(addr: SocketAddr) -> String {

@@ -1,0 +1,445 @@
+//! Real load balancers in front of sockloop: HAProxy and nginx (its stream module) as
+//! child processes, each with a configuration written into its own [`TempDir`] and
+//! listening on loopback ports.
+//!
+//! Neither can be told to listen on port 0 and report the port, so free ports are
+//! picked beforehand (bound, read, closed) and the start is retried with new ones when
+//! another program took a port in between. Readiness is polled — HAProxy's stats
+//! socket answers, nginx holds a socket in `LISTEN` on each of its ports — never waited
+//! for by sleeping. A missing balancer fails the test that needs it: a test that
+//! passes without having run would say something that was never checked.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::fs::TempDir;
+use super::net::DEADLINE;
+use super::procfs;
+
+/// Where Debian's `libnginx-mod-stream` puts the stream module.
+pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+/// How many times a start is tried with fresh ports before a bind failure fails the
+/// test.
+const ATTEMPTS: usize = 5;
+
+/// The path of `program`, found on `PATH` or in the `sbin` directories where Debian
+/// puts daemons (not on every user's `PATH`); fails the test, naming the package to
+/// install, unless it is there and runs.
+pub fn require(program: &str, version_flag: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
+    let found = dirs
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .filter(|p| {
+            Command::new(p)
+                .arg(version_flag)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    found.unwrap_or_else(|| {
+        panic!(
+            "{program} is not installed, and this test needs it: apt-get install {package} \
+             (.ci/run installs it)"
+        )
+    })
+}
+
+/// `n` distinct loopback ports that were free a moment ago. All are held at once so
+/// that the kernel does not hand out one twice.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local address").port())
+        .collect()
+}
+
+/// A balancer process with its stdout and stderr collected; killed and reaped when
+/// dropped.
+struct Running {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// Appends every line from `pipe` to a shared string, on a thread of its own.
+fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let sink = Arc::new(Mutex::new(String::new()));
+    let s = sink.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = s.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    sink
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let out: ChildStdout = child.stdout.take().unwrap();
+        let err: ChildStderr = child.stderr.take().unwrap();
+        Running {
+            child,
+            stdout: collect(out),
+            stderr: collect(err),
+        }
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout.lock().unwrap(),
+            self.stderr.lock().unwrap()
+        )
+    }
+
+    /// Polls until `ready` holds. `Err` with the log when the process exited first (a
+    /// port taken, a bad configuration); fails the test at the deadline.
+    fn wait_ready(&mut self, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                // The pipes may still hold the last words.
+                thread::sleep(Duration::from_millis(50));
+                return Err(format!("{what} exited ({status}); {}", self.output()));
+            }
+            if ready() {
+                return Ok(());
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{what} was not ready within {DEADLINE:?}; {}",
+                self.output()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a balancer on fresh ports until one start is not foiled by a port taken in
+/// the meantime. `start` gets the ports and says `Err(log)` when the process exited.
+fn start_on_free_ports<T>(
+    what: &str,
+    ports: usize,
+    mut start: impl FnMut(&[u16]) -> Result<T, String>,
+) -> T {
+    let mut last = String::new();
+    for _ in 0..ATTEMPTS {
+        match start(&free_ports(ports)) {
+            Ok(t) => return t,
+            Err(log) if log.contains("Address already in use") || log.contains("cannot bind") => {
+                last = log;
+            }
+            Err(log) => panic!("{what} did not start: {log}"),
+        }
+    }
+    panic!("{what} could not bind free ports in {ATTEMPTS} attempts; last: {last}")
+}
+
+/// HAProxy in the foreground (`-db`), with an admin stats socket in its directory.
+pub struct HaProxy {
+    ports: Vec<u16>,
+    socket: PathBuf,
+    config: String,
+    running: Running,
+    _dir: TempDir,
+}
+
+/// One server of a backend as `show servers state` gives it.
+#[derive(Clone, Debug)]
+pub struct ServerState {
+    pub backend: String,
+    pub name: String,
+    /// `srv_op_state`: 0 stopped (DOWN), 1 starting, 2 running (UP), 3 stopping.
+    pub op_state: u8,
+}
+
+impl ServerState {
+    pub fn up(&self) -> bool {
+        self.op_state == 2
+    }
+}
+
+impl HaProxy {
+    /// Starts HAProxy with the `global` and `defaults` sections written here (TCP
+    /// mode, logs on stdout, the stats socket) followed by the proxies that `proxies`
+    /// writes for `ports` free loopback ports (the frontends' ports), and waits until
+    /// its stats socket answers: listeners are all bound before that, and a failed bind
+    /// ends the process.
+    pub fn start(ports: usize, proxies: impl Fn(&[u16]) -> String) -> HaProxy {
+        let haproxy = require("haproxy", "-v", "haproxy");
+        start_on_free_ports("haproxy", ports, |ports| {
+            let dir = TempDir::new();
+            let socket = dir.join("haproxy.sock");
+            let config = format!(
+                "global\n\
+                 \x20   stats socket {socket} level admin\n\
+                 \x20   log stdout format raw local0\n\
+                 \n\
+                 defaults\n\
+                 \x20   mode tcp\n\
+                 \x20   log global\n\
+                 \x20   timeout connect 5s\n\
+                 \x20   timeout client 30s\n\
+                 \x20   timeout server 30s\n\
+                 \n\
+                 {}",
+                proxies(ports),
+                socket = socket.display(),
+            );
+            let file = dir.join("haproxy.cfg");
+            std::fs::write(&file, &config).expect("write haproxy.cfg");
+            let mut cmd = Command::new(&haproxy);
+            cmd.arg("-f").arg(&file).arg("-db");
+            let mut running = Running::spawn(cmd);
+            running.wait_ready("haproxy", || query(&socket, "show info").is_ok())?;
+            Ok(HaProxy {
+                ports: ports.to_vec(),
+                socket,
+                config,
+                running,
+                _dir: dir,
+            })
+        })
+    }
+
+    /// The address of frontend port `i`.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+    }
+
+    /// Its configuration and what it logged on stdout (`log stdout`) and stderr so
+    /// far, for failure messages.
+    pub fn output(&self) -> String {
+        format!("config:\n{}\n{}", self.config, self.running.output())
+    }
+
+    /// Its stdout alone: the traffic log.
+    pub fn stdout(&self) -> String {
+        self.running.stdout.lock().unwrap().clone()
+    }
+
+    /// Runs one command on the stats socket and returns its answer.
+    pub fn command(&self, cmd: &str) -> String {
+        query(&self.socket, cmd)
+            .unwrap_or_else(|e| panic!("stats socket, '{cmd}': {e}; {}", self.output()))
+    }
+
+    /// Every server's state (`show servers state`), found by the column names of its
+    /// header line.
+    pub fn servers_state(&self) -> Vec<ServerState> {
+        let answer = self.command("show servers state");
+        let mut lines = answer.lines().filter(|l| !l.trim().is_empty());
+        // The first line is the format version, the second names the columns.
+        let _version = lines.next();
+        let header: Vec<&str> = lines
+            .next()
+            .and_then(|h| h.strip_prefix('#'))
+            .unwrap_or_else(|| panic!("no header in 'show servers state':\n{answer}"))
+            .split_whitespace()
+            .collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|c| *c == name)
+                .unwrap_or_else(|| panic!("no column {name} in 'show servers state':\n{answer}"))
+        };
+        let (be, srv, op) = (col("be_name"), col("srv_name"), col("srv_op_state"));
+        lines
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                ServerState {
+                    backend: f[be].to_string(),
+                    name: f[srv].to_string(),
+                    op_state: f[op]
+                        .parse()
+                        .unwrap_or_else(|_| panic!("srv_op_state in: {l}")),
+                }
+            })
+            .collect()
+    }
+
+    /// `show stat` as one map per line (frontends, servers, backends), keyed by the
+    /// CSV header's column names: `pxname`, `svname`, `status`, `check_status`, ...
+    pub fn stat(&self) -> Vec<HashMap<String, String>> {
+        let answer = self.command("show stat");
+        let mut lines = answer.lines().filter(|l| !l.trim().is_empty());
+        let header: Vec<String> = lines
+            .next()
+            .and_then(|h| h.strip_prefix("# "))
+            .unwrap_or_else(|| panic!("no header in 'show stat':\n{answer}"))
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        lines
+            .map(|l| {
+                header
+                    .iter()
+                    .cloned()
+                    .zip(l.split(',').map(str::to_string))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The `show stat` line of one server.
+    pub fn server_stat(&self, backend: &str, server: &str) -> HashMap<String, String> {
+        self.stat()
+            .into_iter()
+            .find(|r| r["pxname"] == backend && r["svname"] == server)
+            .unwrap_or_else(|| panic!("no server {backend}/{server} in 'show stat'"))
+    }
+
+    /// Waits until all `count` servers of `backend` are UP by both views of the stats
+    /// socket, and each has passed a health check. HAProxy counts a server as up from
+    /// the start, before any check ran, so UP alone would prove nothing: the check
+    /// status (`L4OK`, `L7OK`) says a check has succeeded.
+    pub fn wait_backend_up(&self, backend: &str, count: usize) {
+        let start = Instant::now();
+        loop {
+            let states: Vec<ServerState> = self
+                .servers_state()
+                .into_iter()
+                .filter(|s| s.backend == backend)
+                .collect();
+            let stats: Vec<HashMap<String, String>> = self
+                .stat()
+                .into_iter()
+                .filter(|r| r["pxname"] == backend && r["svname"] != "BACKEND")
+                .collect();
+            let checked = stats
+                .iter()
+                .all(|r| r["status"] == "UP" && r["check_status"].ends_with("OK"));
+            if states.len() == count
+                && states.iter().all(ServerState::up)
+                && stats.len() == count
+                && checked
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "backend {backend}: not all {count} servers up and checked: {states:?}\n{stats:?}\n{}",
+                self.output()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One command on HAProxy's stats socket: the command and a newline, then everything
+/// until HAProxy closes (it does after one command outside interactive mode).
+pub fn query(socket: &Path, cmd: &str) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(DEADLINE))?;
+    s.set_write_timeout(Some(DEADLINE))?;
+    s.write_all(format!("{cmd}\n").as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// nginx with the stream module, one process (`master_process off`, so that killing
+/// it leaves no worker behind), everything it writes kept in its directory.
+pub struct Nginx {
+    ports: Vec<u16>,
+    config: String,
+    running: Running,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx with the `stream { ... }` block that `servers` writes for `ports`
+    /// free loopback ports (the ports it listens on), and waits until it holds a socket in
+    /// `LISTEN` on each. Connecting to see would be a client, forwarded to the server
+    /// behind.
+    pub fn stream(ports: usize, servers: impl Fn(&[u16]) -> String) -> Nginx {
+        let nginx = require("nginx", "-v", "nginx");
+        assert!(
+            Path::new(NGINX_STREAM_MODULE).exists(),
+            "nginx's stream module is not installed ({NGINX_STREAM_MODULE}), and this test \
+             needs it: apt-get install libnginx-mod-stream (.ci/run installs it)"
+        );
+        start_on_free_ports("nginx", ports, |ports| {
+            let dir = TempDir::new();
+            let d = dir.path().display();
+            // Debian's nginx is built with paths under /var: the pid file and the error
+            // log are set here (`-e stderr` is the log before the configuration is
+            // read), and with no `http` block there are no temporary directories. So
+            // it runs as any user; with no master process there is no `user` to become.
+            let config = format!(
+                "load_module {NGINX_STREAM_MODULE};\n\
+                 master_process off;\n\
+                 pid {d}/nginx.pid;\n\
+                 error_log stderr info;\n\
+                 events {{ worker_connections 64; }}\n\
+                 stream {{\n{}}}\n",
+                servers(ports),
+            );
+            let file = dir.join("nginx.conf");
+            std::fs::write(&file, &config).expect("write nginx.conf");
+            let mut cmd = Command::new(&nginx);
+            cmd.arg("-e")
+                .arg("stderr")
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&file)
+                .args(["-g", "daemon off;"]);
+            let mut running = Running::spawn(cmd);
+            let addrs: Vec<SocketAddr> = ports
+                .iter()
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+                .collect();
+            let pid = running.child.id();
+            running.wait_ready("nginx", || {
+                addrs.iter().all(|a| procfs::listens_on(pid, *a))
+            })?;
+            Ok(Nginx {
+                ports: ports.to_vec(),
+                config,
+                running,
+                _dir: dir,
+            })
+        })
+    }
+
+    /// The address of listening port `i`.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+    }
+
+    /// Its configuration and what it wrote so far (its error log goes to stderr), for
+    /// failure messages.
+    pub fn output(&self) -> String {
+        format!("config:\n{}\n{}", self.config, self.running.output())
+    }
+}
