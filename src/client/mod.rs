@@ -5,12 +5,16 @@
 //!
 //! [`send`] is `sockloop send`: write a message, half-close, print the answer.
 //! [`bench`](mod@bench) is `sockloop bench`: a load generator that checks every echoed byte.
+//! Either can start its connections with a PROXY protocol header, as a load balancer
+//! would ([`ProxyVersion`]).
 
 pub mod bench;
+mod proxy;
 mod send;
 
 use std::io;
 
+pub use proxy::ProxyVersion;
 pub use send::{SendOptions, send};
 
 use crate::endpoint::Endpoint;

@@ -3,16 +3,19 @@
 //! send one datagram and copy the first reply.
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 
+use super::proxy::{self, Preamble, ProxyVersion};
 use crate::conn::{Connection, Input, Outboxes};
 use crate::endpoint::Endpoint;
 use crate::readiness::Readiness;
 use crate::socket::{self, DatagramSocket};
 use crate::stats::Stats;
 use crate::tls::TlsClient;
+use crate::transport::{PeerAddr, Transport};
 
 /// Options of [`send`].
 #[derive(Clone, Debug)]
@@ -23,6 +26,14 @@ pub struct SendOptions {
     /// How to speak TLS to a `tls://` endpoint; `None` trusts the system's roots and
     /// expects the URL's host in the server's certificate.
     pub tls: Option<TlsClient>,
+    /// Start the connection with a PROXY protocol header of this version, as a load
+    /// balancer would, so that a server expecting one can be tried without a balancer
+    /// (stream endpoints only: a datagram endpoint is an `InvalidInput` error).
+    pub proxy: Option<ProxyVersion>,
+    /// The client the PROXY header names. `None`: the connection's own local address,
+    /// or, on a Unix socket, which has none, 198.18.0.1:1024 (the addresses a header
+    /// carries are described at [`ProxyVersion`]).
+    pub proxy_source: Option<SocketAddr>,
 }
 
 impl Default for SendOptions {
@@ -30,6 +41,8 @@ impl Default for SendOptions {
         SendOptions {
             timeout: Duration::from_secs(2),
             tls: None,
+            proxy: None,
+            proxy_source: None,
         }
     }
 }
@@ -41,6 +54,9 @@ impl Default for SendOptions {
 ///
 /// Reading and writing go on together, so an echo of a large input never deadlocks
 /// against the server's backpressure.
+///
+/// With [`SendOptions::proxy`] the connection starts with a PROXY protocol header,
+/// written in the clear before anything else, a TLS handshake included.
 pub fn send(
     endpoint: &Endpoint,
     input: &[u8],
@@ -50,7 +66,13 @@ pub fn send(
     let context = |e: io::Error| io::Error::new(e.kind(), format!("{endpoint}: {e}"));
     if endpoint.is_stream() {
         let tls = super::tls_for(endpoint, opts.tls.as_ref()).map_err(context)?;
-        send_stream(endpoint, input, out, tls.as_ref()).map_err(context)
+        let proxy = opts.proxy.map(|v| (v, opts.proxy_source));
+        send_stream(endpoint, input, out, tls.as_ref(), proxy).map_err(context)
+    } else if opts.proxy.is_some() {
+        Err(context(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a PROXY protocol header needs a stream address (tcp://, tls://, unix:)",
+        )))
     } else {
         send_datagram(endpoint, input, out, opts.timeout).map_err(context)
     }
@@ -63,6 +85,7 @@ fn send_stream(
     input: &[u8],
     out: &mut dyn Write,
     tls: Option<&TlsClient>,
+    proxy: Option<(ProxyVersion, Option<SocketAddr>)>,
 ) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(16);
@@ -78,6 +101,8 @@ fn send_stream(
     conn.send(&[input], &mut outboxes, &mut stats)?;
     let mut connected = false;
     let mut write_shut = false;
+    // The PROXY header, once connected and until the socket has taken all of it.
+    let mut preamble: Option<Preamble> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match poll.poll(&mut events, None) {
@@ -90,11 +115,28 @@ fn send_stream(
                 socket::finish_connect(conn.transport())
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot connect: {e}")))?;
                 connected = true;
+                if let Some((version, source)) = proxy {
+                    let header = proxy_header(conn.transport(), version, source)
+                        .map_err(|e| io::Error::new(e.kind(), format!("PROXY header: {e}")))?;
+                    preamble = Some(Preamble::new(header));
+                }
             }
             conn.add_event(ev);
         }
         if !connected {
             continue;
+        }
+        // The header goes out first and alone: no byte of the session — not even the
+        // TLS ClientHello, which waits in the transport for the first flush — before it.
+        if let Some(p) = preamble.as_mut() {
+            let all_sent = p.write(&mut conn, &mut stats).map_err(|f| {
+                let e = io::Error::from(f);
+                io::Error::new(e.kind(), format!("writing the PROXY header: {e}"))
+            })?;
+            if !all_sent {
+                continue;
+            }
+            preamble = None;
         }
         // Read what there is: reading also moves a TLS handshake along, so the output
         // below can go out in the same turn once it is complete.
@@ -125,6 +167,27 @@ fn send_stream(
             write_shut = conn.shutdown_write(&mut stats)?;
         }
     }
+}
+
+/// The header for a connection just established: from `source`, or from the
+/// connection's own address, to the server's.
+fn proxy_header(
+    transport: &Transport,
+    version: ProxyVersion,
+    source: Option<SocketAddr>,
+) -> io::Result<Vec<u8>> {
+    let target = match transport.peer_addr()? {
+        PeerAddr::Inet(a) => Some(a),
+        PeerAddr::Unix(_) => None,
+    };
+    let source = match source {
+        Some(s) => s,
+        None => match transport.local_addr()? {
+            PeerAddr::Inet(a) => a,
+            PeerAddr::Unix(_) => proxy::made_up_source(None, 0),
+        },
+    };
+    Ok(proxy::header(version, source, target))
 }
 
 fn send_datagram(

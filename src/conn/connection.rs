@@ -126,6 +126,19 @@ impl Connection {
         self.readiness.set_readable();
     }
 
+    /// Writes `bytes` on the socket itself, beneath any TLS session and ahead of
+    /// anything queued (see [`Transport::write_raw`]): what a client owes before its
+    /// session starts. Returns the bytes the socket took; when that is not all, the
+    /// writable flag is cleared, and the caller writes the rest on the next writable
+    /// event, before anything else.
+    pub(crate) fn write_raw(&mut self, bytes: &[u8], stats: &mut Stats) -> Result<usize, Fault> {
+        let io = self.transport.write_raw(bytes);
+        count(&io, stats, true);
+        let written = io.bytes;
+        self.settle_write(io.status, stats)?;
+        Ok(written)
+    }
+
     /// Applies how a read ended to the counters and the readable flag.
     #[inline]
     fn settle_read(&mut self, io: Io, stats: &mut Stats) -> Input {

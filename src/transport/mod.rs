@@ -207,6 +207,18 @@ impl Transport {
         Io::of_call(r, buf.len(), false)
     }
 
+    /// Writes to the socket itself, beneath any TLS session: for what a client sends
+    /// before the session, a PROXY protocol header (a balancer sends it in the clear,
+    /// ahead of the TLS handshake).
+    pub(crate) fn write_raw(&mut self, buf: &[u8]) -> Io {
+        let r = match self {
+            Transport::Tcp(s) => retry(|| s.write(buf)),
+            Transport::Unix(s) => retry(|| s.write(buf)),
+            Transport::Tls(s) => retry(|| s.tcp.write(buf)),
+        };
+        Io::of_call(r, buf.len(), true)
+    }
+
     /// Bytes read with [`read_raw`](Self::read_raw) that belong to the session: TLS
     /// keeps them as ciphertext for its next read. Plain streams have no session;
     /// their caller hands such bytes on itself.

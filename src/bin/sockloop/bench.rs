@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use sockloop::client::ProxyVersion;
 use sockloop::client::bench::{self, BenchConfig};
 use sockloop::tls::TlsClient;
 use sockloop::{Endpoint, sys};
@@ -69,6 +70,13 @@ pub(crate) struct BenchArgs {
     /// the session of an earlier one, as most TLS clients do.
     #[arg(long)]
     no_resume: bool,
+
+    /// Start every connection with a PROXY protocol header, v1 (text) or v2 (binary),
+    /// as a load balancer would, each naming a client of its own: 198.18.0.0/15 for an
+    /// IPv4 server, 2001:2::/48 for IPv6 (benchmarking ranges), so the server sees many
+    /// clients. Not echoed, not timed. Stream URLs only.
+    #[arg(long, value_name = "VERSION")]
+    proxy: Option<String>,
 }
 
 /// Runs the load, prints the report, and gives the exit code.
@@ -87,7 +95,17 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Read here rather than by clap, so that a mistake is one line on stderr.
+    let proxy = match args.proxy.as_deref().map(str::parse::<ProxyVersion>) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            eprintln!("sockloop: --proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut cfg = BenchConfig::new(args.url);
+    cfg.proxy = proxy;
     cfg.tls = if args.no_resume {
         tls.map(TlsClient::without_resumption)
     } else {

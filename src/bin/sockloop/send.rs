@@ -2,11 +2,13 @@
 //! everything the server sends back.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 
+use sockloop::client::ProxyVersion;
 use sockloop::{Endpoint, client};
 
 use crate::client_tls::ClientTlsArgs;
@@ -30,12 +32,60 @@ pub(crate) struct SendArgs {
 
     #[command(flatten)]
     tls: ClientTlsArgs,
+
+    /// Start the connection with a PROXY protocol header, v1 (text) or v2 (binary), as
+    /// a load balancer would: to try a server that expects one without a balancer. The
+    /// header goes first, in the clear, also before a TLS handshake. Stream URLs only.
+    #[arg(long, value_name = "VERSION")]
+    proxy: Option<String>,
+
+    /// The client the PROXY header names, IP:PORT ([IPv6]:PORT). Default: the
+    /// connection's own address (for unix: URLs, 198.18.0.1:1024).
+    #[arg(long, value_name = "ADDR")]
+    proxy_source: Option<String>,
+}
+
+/// `--proxy` and `--proxy-source`, checked before anything is sent. They are read here
+/// rather than by clap so that a mistake is one line on stderr, like every other
+/// usage error found after parsing.
+fn proxy_options(args: &SendArgs) -> Result<(Option<ProxyVersion>, Option<SocketAddr>), String> {
+    let version = match &args.proxy {
+        None if args.proxy_source.is_some() => {
+            return Err("--proxy-source needs --proxy v1|v2".into());
+        }
+        None => return Ok((None, None)),
+        Some(v) => v
+            .parse::<ProxyVersion>()
+            .map_err(|e| format!("--proxy: {e}"))?,
+    };
+    if !args.url.is_stream() {
+        return Err(format!(
+            "--proxy needs a stream URL (tcp://, tls://, unix:), not {}",
+            args.url
+        ));
+    }
+    let source = match &args.proxy_source {
+        None => None,
+        Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "--proxy-source: '{s}' is not IP:PORT (an IPv6 address in brackets: [::1]:PORT)"
+            )
+        })?),
+    };
+    Ok((Some(version), source))
 }
 
 /// Sends, prints the answer, and gives the exit code.
 pub(crate) fn run(args: SendArgs) -> ExitCode {
     let mut opts = client::SendOptions::default();
     opts.timeout = args.timeout;
+    (opts.proxy, opts.proxy_source) = match proxy_options(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(2);
+        }
+    };
     opts.tls = match args.tls.client(&args.url) {
         Ok(t) => t,
         Err(e) => {

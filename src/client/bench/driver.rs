@@ -20,11 +20,13 @@ use mio::{Events, Interest, Poll};
 
 use super::pattern::Pattern;
 use super::{Share, Tally, Window, messages, ramp, reconnect};
+use crate::client::proxy::{self, Preamble};
 use crate::conn::{Connection, Input, Outboxes};
 use crate::readiness::Readiness;
 use crate::socket;
 use crate::stats::Stats;
 use crate::token;
+use crate::transport::Fault;
 
 /// Loopback addresses the connections to a loopback server are spread over: with
 /// thousands of connections to one address and port, the kernel's search for a free
@@ -129,6 +131,28 @@ impl<'a> Driver<'a> {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         Ok(conn)
+    }
+
+    /// The PROXY header of the run's `n`th connection (counting reconnections), naming
+    /// a made-up client of its own; `None` when the run sends no headers.
+    pub(super) fn proxy_header(&self, n: u64) -> Option<Preamble> {
+        let version = self.share.cfg.proxy?;
+        let target = self.share.addr;
+        Some(Preamble::new(proxy::header(
+            version,
+            proxy::made_up_source(target, n),
+            target,
+        )))
+    }
+
+    /// Writes what is left of a connection's PROXY header while its socket takes it;
+    /// `Ok(true)` once all of it has gone and the connection may start its session.
+    pub(super) fn write_header(
+        &mut self,
+        conn: &mut Connection,
+        header: &mut Preamble,
+    ) -> Result<bool, Fault> {
+        header.write(conn, &mut self.stats)
     }
 
     /// Waits for events at most `timeout`; false when polling failed (counted).

@@ -12,6 +12,10 @@
 //! or extra byte is an error. Connections are opened in batches with back-off, so
 //! thousands can be ramped up without overflowing the server's accept queue. Each of
 //! `threads` threads runs its own poll loop over its share of the connections.
+//!
+//! With `proxy`, every connection starts with a PROXY protocol header naming a client
+//! of its own (see [`ProxyVersion`](crate::client::ProxyVersion)), so a server that
+//! expects the header is loaded as if through a balancer, by many clients.
 
 mod driver;
 mod flows;
@@ -64,6 +68,11 @@ pub struct BenchConfig {
     /// expects the URL's host in the server's certificate (see
     /// [`TlsClient::for_endpoint`](crate::tls::TlsClient::for_endpoint)).
     pub tls: Option<crate::tls::TlsClient>,
+    /// Start every connection with a PROXY protocol header of this version, each naming
+    /// a made-up client of its own, for a server that expects one (stream endpoints
+    /// only). The header is written while connecting: it is neither echoed nor part of
+    /// any latency, except in `reconnect` mode, whose latency runs from the connect.
+    pub proxy: Option<crate::client::ProxyVersion>,
 }
 
 impl BenchConfig {
@@ -82,6 +91,7 @@ impl BenchConfig {
             timeout: Duration::from_secs(1),
             progress: std::io::stderr().is_terminal(),
             tls: None,
+            proxy: None,
         }
     }
 
@@ -102,6 +112,9 @@ impl BenchConfig {
         }
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             return bad("--rate must be a positive number of messages per second".into());
+        }
+        if !self.endpoint.is_stream() && self.proxy.is_some() {
+            return bad("--proxy needs a stream address (tcp://, tls://, unix:)".into());
         }
         if self.reconnect && self.rate.is_some() {
             return bad("--reconnect and --rate cannot be combined".into());

@@ -7,6 +7,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::driver::{Driver, Lane, retriable};
+use crate::client::proxy::Preamble;
 use crate::conn::Connection;
 use crate::socket;
 use crate::token::{self, Target};
@@ -22,13 +23,24 @@ const ATTEMPTS: u32 = 12;
 /// not before when.
 type Attempt = (usize, u32, Instant);
 
-/// Opens every connection of the driver's share; a connection that could not be
-/// opened is `None` (and counted as an error).
+/// A connection being set up, on its `attempt`th attempt.
+struct Pending {
+    conn: Connection,
+    attempt: u32,
+    /// The connect has completed.
+    established: bool,
+    /// Once established: the PROXY header, until the socket has taken all of it.
+    header: Option<Preamble>,
+}
+
+/// Opens every connection of the driver's share, each with its PROXY header sent if
+/// the run sends them; a connection that could not be opened is `None` (and counted
+/// as an error).
 pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
     let n = d.share.conns;
     let mut lanes: Vec<Option<Lane>> = (0..n).map(|_| None).collect();
     // Connections under way, with the attempt they are on.
-    let mut connecting: Vec<Option<(Connection, u32)>> = (0..n).map(|_| None).collect();
+    let mut connecting: Vec<Option<Pending>> = (0..n).map(|_| None).collect();
     let mut queue: VecDeque<Attempt> = (0..n).map(|i| (i, 0, Instant::now())).collect();
     let mut in_progress = 0;
     let mut connected = 0;
@@ -49,7 +61,12 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
             }
             match d.connect(i, 0) {
                 Ok(conn) => {
-                    connecting[i] = Some((conn, attempt));
+                    connecting[i] = Some(Pending {
+                        conn,
+                        attempt,
+                        established: false,
+                        header: None,
+                    });
                     in_progress += 1;
                 }
                 Err(e) => retry(&mut queue, d, i, attempt, &e, &mut failed),
@@ -63,20 +80,47 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
             let Target::Conn { key: i, .. } = token::decode(ev.token()) else {
                 continue;
             };
-            if i >= n || !socket::connect_settled(ev) {
-                continue;
-            }
-            let Some((mut conn, attempt)) = connecting[i].take() else {
+            let Some(p) = connecting.get_mut(i).and_then(Option::as_mut) else {
                 continue;
             };
-            in_progress -= 1;
-            match socket::finish_connect(conn.transport()) {
-                Ok(()) => {
-                    connected += 1;
-                    conn.add_event(ev);
-                    lanes[i] = Some(Lane::new(d.share.first + i as u32, conn));
+            let id = d.share.first + i as u32;
+            if !p.established {
+                if !socket::connect_settled(ev) {
+                    continue;
                 }
-                Err(e) => retry(&mut queue, d, i, attempt, &e, &mut failed),
+                if let Err(e) = socket::finish_connect(p.conn.transport()) {
+                    let attempt = p.attempt;
+                    connecting[i] = None;
+                    in_progress -= 1;
+                    retry(&mut queue, d, i, attempt, &e, &mut failed);
+                    continue;
+                }
+                p.established = true;
+                p.header = d.proxy_header(u64::from(id));
+            }
+            p.conn.add_event(ev);
+            // The PROXY header goes first, alone; the lane's session starts after it.
+            let sent = match p.header.as_mut() {
+                Some(h) => d.write_header(&mut p.conn, h),
+                None => Ok(true),
+            };
+            match sent {
+                Ok(false) => continue,
+                Ok(true) => {
+                    if let Some(p) = connecting[i].take() {
+                        in_progress -= 1;
+                        connected += 1;
+                        lanes[i] = Some(Lane::new(id, p.conn));
+                    }
+                }
+                Err(fault) => {
+                    let attempt = p.attempt;
+                    connecting[i] = None;
+                    in_progress -= 1;
+                    let e = io::Error::from(fault);
+                    let e = io::Error::new(e.kind(), format!("PROXY header: {e}"));
+                    retry(&mut queue, d, i, attempt, &e, &mut failed);
+                }
             }
         }
         d.put_events(events);

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::Window;
 use super::driver::{Driver, Lane, retriable};
+use crate::client::proxy::Preamble;
 use crate::socket;
 use crate::token::{self, Target};
 
@@ -17,6 +18,8 @@ struct Slot {
     /// connection closed earlier in the same batch never reach its successor.
     generation: u32,
     retry_at: Option<Instant>,
+    /// Once connected: the PROXY header, until the socket has taken all of it.
+    header: Option<Preamble>,
 }
 
 pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
@@ -27,6 +30,7 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
             started: Instant::now(),
             generation: 0,
             retry_at: Some(Instant::now()),
+            header: None,
         })
         .collect();
     let mut successes = 0u64;
@@ -93,8 +97,33 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                     continue;
                 }
                 s.connected = true;
-                // Writable now: the message goes straight out instead of into the queue.
+                // Writable now: the header and the message go straight out instead of
+                // into the queue.
                 lane.conn.add_event(ev);
+                // Every connection of the run names a client of its own: this slot's
+                // `generation`th, after all the slots' earlier ones.
+                let round = u64::from(s.generation.wrapping_sub(1));
+                s.header = d.proxy_header(u64::from(lane.id) + round * d.share.cfg.conns as u64);
+            }
+            if lane.issued == 0 {
+                // The PROXY header first, alone; the message after it.
+                if let Some(h) = s.header.as_mut() {
+                    lane.conn.add_event(ev);
+                    match d.write_header(&mut lane.conn, h) {
+                        Ok(true) => s.header = None,
+                        Ok(false) => continue,
+                        Err(f) => {
+                            d.tally
+                                .error(|| format!("conn {}: PROXY header: {f}", lane.id));
+                            if let Some(lane) = s.lane.take() {
+                                d.close(lane);
+                            }
+                            s.header = None;
+                            s.retry_at = Some(Instant::now() + Duration::from_millis(10));
+                            continue;
+                        }
+                    }
+                }
                 d.issue(lane, 1, s.started);
             }
             let done = d.serve(lane, ev, window) == 1;

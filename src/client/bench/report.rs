@@ -5,6 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::{BenchConfig, Tally};
+use crate::client::ProxyVersion;
 
 /// The result of a [`run`](super::run). Serialises to the object `--json` prints.
 #[derive(Clone, Debug, Serialize)]
@@ -30,6 +31,8 @@ pub struct Report {
     pub warmup_secs: f64,
     /// The open-loop target rate, messages per second.
     pub rate: Option<f64>,
+    /// The PROXY protocol header every connection started with (`"v1"`, `"v2"`), if any.
+    pub proxy: Option<ProxyVersion>,
     /// Messages echoed completely inside the window.
     pub msgs: u64,
     /// Messages per second.
@@ -87,6 +90,7 @@ impl Report {
             secs,
             warmup_secs: cfg.warmup.as_secs_f64(),
             rate: cfg.rate,
+            proxy: cfg.proxy,
             msgs: t.msgs,
             msgs_per_sec: t.msgs as f64 / secs,
             mb_per_sec: (t.msgs as f64 * cfg.size as f64) / secs / 1e6,
@@ -120,6 +124,10 @@ impl fmt::Display for Report {
             "reconnect" => "a new connection per message".to_string(),
             "open" => format!("open loop at {:.0} msg/s", self.rate.unwrap_or(0.0)),
             _ => format!("depth {}", self.depth),
+        };
+        let what = match self.proxy {
+            Some(v) => format!("{what}, PROXY {v} headers"),
+            None => what,
         };
         writeln!(
             f,
