@@ -404,7 +404,6 @@ fn who_mode_behind_haproxy_names_the_client_and_the_balancer() {
 }
 
 #[test]
-#[ignore = "needs who mode / send --proxy (being merged)"]
 fn sockloop_send_proxy_is_understood_by_haproxy() {
     let s = server("tcp://127.0.0.1:0", &[]);
     let port = s.addr(0).port();
