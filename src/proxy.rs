@@ -14,7 +14,7 @@
 //! each new connection to the connection table in its own phase (see `conn/mod.rs`):
 //! the header is read and taken off before anything else — before the service is
 //! opened, before a TLS handshake — and bytes that came with it go on to the service.
-//! This module is the format: [`parse`] for the server side, with the `ppp` crate doing
+//! This module is the format: `parse` for the server side, with the `ppp` crate doing
 //! the parsing, and [`encode`] for the clients that pretend to be a balancer
 //! (`sockloop send --proxy`, `sockloop bench --proxy`).
 //!

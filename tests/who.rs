@@ -6,7 +6,7 @@
 pub mod util;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Shutdown, SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::sync::Arc;

@@ -51,8 +51,12 @@ impl Line {
         }
     }
 
-    /// Puts `template`, expanded for each connection, before every line it gets back
-    /// (see the [module docs](self)). An empty template is no prefix.
+    /// Puts `template`, expanded for each connection, before every line it gets back:
+    /// exactly the expansion, nothing added between it and the line. It is expanded
+    /// once, when the connection opens, and kept beside the connections (in a map by
+    /// [`ConnId`]), not in their state, so that without a prefix a connection's state
+    /// stays one word. Stream connections only: a datagram is echoed without it, since
+    /// a reply must not be longer than its request. An empty template is no prefix.
     pub fn prefix(mut self, template: Template) -> Self {
         self.prefix = (!template.is_empty()).then_some(template);
         self

@@ -2,6 +2,8 @@
 //!
 //! Each service is an ordinary [`Service`] implementation with no access to the loop
 //! beyond its [`Context`]: the same trait a program embedding the loop implements.
+//! [`Template`] is what `--banner` and `--prefix` are made of, for programs that want
+//! to greet their own connections the same way.
 
 mod chargen;
 mod chat;

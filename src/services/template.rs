@@ -1,29 +1,4 @@
-//! Templates for what a server says about a connection: the `--banner` line sent to
-//! every new connection, and the `--prefix` put before every line echoed in line
-//! mode.
-//!
-//! A template is text with placeholders in braces:
-//!
-//! | placeholder | becomes |
-//! |---|---|
-//! | `{host}` | this machine's host name |
-//! | `{peer}` | the client's address (after a PROXY header: the client it named) |
-//! | `{via}` | the load balancer that sent a PROXY header naming the client; empty without one |
-//! | `{local}` | this end's address |
-//! | `{conn}` | the connection's id (the number chat prints as `<7>`) |
-//! | `{worker}` | the worker's index, 0 without `--workers` |
-//! | `{env:NAME}` | the environment variable `NAME`, read once at start; empty when unset |
-//!
-//! `{{` and `}}` stand for literal braces. An unknown placeholder or a `{` without
-//! its `}` is an error when the template is parsed, so a typo is caught before the
-//! server starts rather than sent to every client.
-//!
-//! What is the same for every connection — the host name, the environment — is read
-//! once, when the template is parsed (a pod's name in `{env:POD_NAME}` does not change
-//! under a running process); what differs per connection is filled in by
-//! [`Template::expand`], which asks the kernel only for the addresses the template
-//! names. A placeholder's value never breaks the line: control characters in it are
-//! written as `%XX`.
+//! Templates for `--banner` and `--prefix` (see [`Template`]).
 
 use std::error::Error;
 use std::fmt;
@@ -33,7 +8,32 @@ use super::who::hostname;
 use crate::service::{ConnId, Context};
 use crate::transport::PeerAddr;
 
-/// A parsed `--banner` or `--prefix` template (see the [module docs](self)).
+/// Templates for what a server says about a connection: the `--banner` line sent to
+/// every new connection, and the `--prefix` put before every line echoed in line
+/// mode.
+///
+/// A template is text with placeholders in braces:
+///
+/// | placeholder | becomes |
+/// |---|---|
+/// | `{host}` | this machine's host name |
+/// | `{peer}` | the client's address (after a PROXY header: the client it named) |
+/// | `{via}` | the load balancer that sent a PROXY header naming the client; empty without one |
+/// | `{local}` | this end's address |
+/// | `{conn}` | the connection's id (the number chat prints as `<7>`) |
+/// | `{worker}` | the worker's index, 0 without `--workers` |
+/// | `{env:NAME}` | the environment variable `NAME`, read once at start; empty when unset |
+///
+/// `{{` and `}}` stand for literal braces. An unknown placeholder or a `{` without
+/// its `}` is an error when the template is parsed, so a typo is caught before the
+/// server starts rather than sent to every client.
+///
+/// What is the same for every connection — the host name, the environment — is read
+/// once, when the template is parsed (a pod's name in `{env:POD_NAME}` does not change
+/// under a running process); what differs per connection is filled in by
+/// [`Template::expand`], which asks the kernel only for the addresses the template
+/// names. A placeholder's value never breaks the line: control characters in it are
+/// written as `%XX`.
 ///
 /// ```
 /// use sockloop::services::{Template, Vars};

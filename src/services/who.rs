@@ -1,46 +1,46 @@
-//! Who mode: the server says who it is and who it thinks the client is, in one line,
-//! then closes. Behind load balancers, proxies and TLS terminators this is the
-//! question that matters: which server answered, through which listener, and did the
-//! client's address (PROXY protocol) and certificate (mutual TLS) arrive intact.
-//!
-//! # The line
-//! `key=value` pairs separated by single spaces, ending in `\n`, keys always in this
-//! order, each present only when it applies:
-//!
-//! | key | value |
-//! |---|---|
-//! | `peer` | the client: the one a PROXY header named, else the socket's peer |
-//! | `via` | the load balancer, when a PROXY header named the client |
-//! | `local` | this end's address (a datagram socket: its bound address) |
-//! | `listener` | the listener, as the ready line prints it (`tcp://127.0.0.1:5001`) |
-//! | `host` | this machine's host name |
-//! | `worker` | the worker's index, 0 without `--workers` |
-//! | `conn` | the connection's id (streams only) |
-//! | `tls` | `VERSION/CIPHER` (`TLSv1.3/TLS13_AES_256_GCM_SHA384`), TLS only |
-//! | `tls_client` | the client certificate's subject (`CN=alice,O=Example`), when it presented one |
-//!
-//! ```text
-//! peer=203.0.113.9:41000 via=10.0.0.2:55012 local=10.0.0.5:5001 listener=tcp://0.0.0.0:5001 host=web-1 worker=0 conn=7
-//! ```
-//!
-//! A value never contains a space: a space, `%` and every byte that is not printable
-//! ASCII are written `%XX`, so `for kv in $line; do echo "${kv%%=*} -> ${kv#*=}"; done`
-//! splits the line in a shell. A key may appear in a later version but never moves.
-//!
-//! # On a stream, on a datagram socket
-//! A stream connection gets the line once the server knows everything in it — over
-//! TLS, once the handshake is over — and is then closed as usual: what was written is
-//! delivered, then the server shuts down its side. A datagram is answered with the
-//! line only if the datagram is at least as long (a datagram server never answers
-//! with more than it was sent): a client pads its request, `printf '%512s' |
-//! sockloop send udp://HOST:PORT`; a shorter one is dropped and counted.
+//! Who mode: one line saying who the client is and which server answered (see [`Who`]).
 
 use std::fmt::{self, Write as _};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::service::{Context, DatagramContext, Service};
 
-/// The who service (see the [module docs](self)).
+/// Who mode: the server says who it is and who it thinks the client is, in one line,
+/// then closes. Behind load balancers, proxies and TLS terminators this is the
+/// question that matters: which server answered, through which listener, and did the
+/// client's address (PROXY protocol) and certificate (mutual TLS) arrive intact.
+///
+/// # The line
+/// `key=value` pairs separated by single spaces, ending in `\n`, keys always in this
+/// order, each present only when it applies:
+///
+/// | key | value |
+/// |---|---|
+/// | `peer` | the client: the one a PROXY header named, else the socket's peer |
+/// | `via` | the load balancer, when a PROXY header named the client |
+/// | `local` | this end's address (a datagram socket: its bound address) |
+/// | `listener` | the listener, as the ready line prints it (`tcp://127.0.0.1:5001`) |
+/// | `host` | this machine's host name |
+/// | `worker` | the worker's index, 0 without `--workers` |
+/// | `conn` | the connection's id (streams only) |
+/// | `tls` | `VERSION/CIPHER` (`TLSv1.3/TLS13_AES_256_GCM_SHA384`), TLS only |
+/// | `tls_client` | the client certificate's subject (`CN=alice,O=Example`), when it presented one |
+///
+/// ```text
+/// peer=203.0.113.9:41000 via=10.0.0.2:55012 local=10.0.0.5:5001 listener=tcp://0.0.0.0:5001 host=web-1 worker=0 conn=7
+/// ```
+///
+/// A value never contains a space: a space, `%` and every byte that is not printable
+/// ASCII are written `%XX`, so `for kv in $line; do echo "${kv%%=*} -> ${kv#*=}"; done`
+/// splits the line in a shell. A key may appear in a later version but never moves.
+///
+/// # On a stream, on a datagram socket
+/// A stream connection gets the line once the server knows everything in it — over
+/// TLS, once the handshake is over — and is then closed as usual: what was written is
+/// delivered, then the server shuts down its side. A datagram is answered with the
+/// line only if the datagram is at least as long (a datagram server never answers
+/// with more than it was sent): a client pads its request, `printf '%512s' |
+/// sockloop send udp://HOST:PORT`; a shorter one is dropped and counted.
 #[derive(Clone, Debug)]
 pub struct Who {
     /// Already percent-encoded: it goes into every line as it is.
