@@ -78,12 +78,13 @@ impl Line {
         self.max_line = max_line.max(1);
     }
 
-    /// The prefix of connection `id`, if there is one.
-    fn prefix_of(&self, id: ConnId) -> Option<&[u8]> {
+    /// The prefix of the connection of `ctx`, if there is one. Without a prefix this
+    /// is one test on the data path: no id, no lookup.
+    fn prefix_of(&self, ctx: &Context<'_>) -> Option<&[u8]> {
         if self.prefixes.is_empty() {
             return None;
         }
-        self.prefixes.get(&id).map(|p| &**p)
+        self.prefixes.get(&ctx.id()).map(|p| &**p)
     }
 }
 
@@ -151,7 +152,7 @@ impl Service for Line {
 
     fn data(&mut self, partial: &mut Partial, data: &[u8], ctx: &mut Context<'_>) {
         let max = self.max_line;
-        let prefix = self.prefix_of(ctx.id());
+        let prefix = self.prefix_of(ctx);
         let mut rest = data;
         if !partial.is_empty() {
             // Complete the line begun in an earlier read.
@@ -182,8 +183,10 @@ impl Service for Line {
 
     fn eof(&mut self, partial: &mut Partial, ctx: &mut Context<'_>) {
         if !partial.is_empty() {
-            let prefix = self.prefix_of(ctx.id()).unwrap_or_default();
-            ctx.write_vectored(&[prefix, partial.as_slice()]);
+            match self.prefix_of(ctx) {
+                None => ctx.write(partial.as_slice()),
+                Some(prefix) => ctx.write_vectored(&[prefix, partial.as_slice()]),
+            }
             partial.clear();
         }
     }
