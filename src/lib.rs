@@ -180,7 +180,8 @@
 //! Output that does not answer input needs another rule. A producer (chargen) asks
 //! with [`Context::want_writable`] and writes one chunk per [`Service::writable`] call;
 //! the loop makes that call only when the connection's queue is empty, so a client that
-//! stops reading stops the producer. Output written to *other* connections (chat's
+//! stops reading stops the producer — and never during a TLS handshake, so a service
+//! that reports the session (who) can wait for it the same way. Output written to *other* connections (chat's
 //! fan-out) cannot pause anyone's reading, so it is capped instead: a receiver whose
 //! queue passes [`Config::max_outbuf`] is closed as a slow consumer
 //! ([`Stats::slow_consumers`]), and when the queues of all connections together pass
@@ -245,7 +246,7 @@
 //! | transport | `transport/` | the byte stream under a connection — TCP, Unix or TLS — and the one vocabulary its reads and writes answer in |
 //! | connection | `conn/` | a connection's output queue, readiness, deadlines and lifecycle, in one table per loop; the stream machinery the clients share |
 //! | loop | [`event_loop`] | `poll`, dispatch, budgets, accepting, datagram sockets, shutdown |
-//! | service | [`service`], [`services`] | the [`Service`] trait and its [`Context`]; echo, line, chat, discard, chargen |
+//! | service | [`service`], [`services`] | the [`Service`] trait and its [`Context`]; echo, line, chat, discard, chargen, who; banner and prefix templates |
 //!
 //! Beside them: [`Builder`] and [`Config`] make a loop, [`Workers`] runs one per
 //! thread, [`stats`] counts, [`endpoint`] parses URLs, [`tls`] loads certificates,

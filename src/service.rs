@@ -11,8 +11,10 @@ use std::io;
 use log::debug;
 
 use crate::conn::{Conns, Phase};
+use crate::endpoint::Endpoint;
 use crate::proxy::ProxyHeader;
 use crate::stats::Stats;
+use crate::tls::TlsInfo;
 use crate::transport::PeerAddr;
 
 /// Identifies one stream connection for the life of its loop.
@@ -68,6 +70,10 @@ impl fmt::Display for ConnId {
 ///   asks for [`writable`](Service::writable) with [`Context::want_writable`] and writes
 ///   one chunk per call: the loop calls it again only once the socket has taken that
 ///   chunk, so output goes exactly as fast as the peer reads.
+/// - On a TLS connection, `open` runs before the handshake: what it writes waits for the
+///   handshake, and what it cannot know yet (the session, [`Context::tls`]) it learns in
+///   [`writable`](Service::writable), which is never called before the handshake is
+///   over.
 pub trait Service {
     /// Per-connection state.
     type State;
@@ -86,7 +92,8 @@ pub trait Service {
     /// The connection can take more output: everything written so far has gone to the
     /// socket. Called only after [`Context::want_writable`], once per request: a
     /// producer writes a chunk and asks again. Never called while output is queued, so
-    /// a peer that stops reading stops the calls, and nothing piles up.
+    /// a peer that stops reading stops the calls, and nothing piles up — nor during a
+    /// TLS handshake, when nothing could go out anyway.
     fn writable(&mut self, state: &mut Self::State, ctx: &mut Context<'_>) {
         let _ = (state, ctx);
     }
@@ -116,6 +123,8 @@ pub trait Service {
 /// What a service can do with one datagram: answer it, once.
 pub struct DatagramContext<'a> {
     pub(crate) socket: usize,
+    /// The socket's bound address.
+    pub(crate) local: &'a Endpoint,
     pub(crate) peer: &'a PeerAddr,
     pub(crate) request_len: usize,
     /// Where the reply is copied; the loop sends it after the callback returns.
@@ -135,6 +144,19 @@ impl DatagramContext<'_> {
     /// The sender.
     pub fn peer(&self) -> &PeerAddr {
         self.peer
+    }
+
+    /// The socket the datagram arrived on, as its URL reads in the ready line
+    /// (`udp://127.0.0.1:5001`, port 0 resolved): which of several sockets answered.
+    pub fn socket_addr(&self) -> &Endpoint {
+        self.local
+    }
+
+    /// The address the datagram was sent to, as far as the socket knows it: its bound
+    /// address (a socket bound to `0.0.0.0` reports that, not the interface address
+    /// the datagram came in on). No system call: the address was read at bind time.
+    pub fn local_addr(&self) -> io::Result<PeerAddr> {
+        endpoint_addr(self.local)
     }
 
     /// Answers the datagram with `bytes`. Returns false, and sends nothing, when the
@@ -171,13 +193,25 @@ impl DatagramContext<'_> {
 pub struct Context<'a> {
     conns: &'a mut Conns,
     stats: &'a mut Stats,
+    /// Every listener's bound address, by index (looked up only when asked for).
+    listeners: &'a [Endpoint],
     key: usize,
 }
 
 impl<'a> Context<'a> {
     /// The context of a callback for connection `key`.
-    pub(crate) fn new(conns: &'a mut Conns, stats: &'a mut Stats, key: usize) -> Self {
-        Context { conns, stats, key }
+    pub(crate) fn new(
+        conns: &'a mut Conns,
+        stats: &'a mut Stats,
+        listeners: &'a [Endpoint],
+        key: usize,
+    ) -> Self {
+        Context {
+            conns,
+            stats,
+            listeners,
+            key,
+        }
     }
 
     /// This connection's id.
@@ -189,6 +223,22 @@ impl<'a> Context<'a> {
     /// listeners were given to the [`Builder`](crate::Builder).
     pub fn listener(&self) -> usize {
         self.conns.listener(self.key)
+    }
+
+    /// The listener that accepted this connection, as its URL reads in the ready line
+    /// (`tcp://127.0.0.1:5001`, port 0 resolved): which of several listeners — or,
+    /// behind a balancer, which server — a client reached. No system call.
+    pub fn listener_addr(&self) -> &Endpoint {
+        &self.listeners[self.listener()]
+    }
+
+    /// What this connection's TLS session negotiated and the client certificate's
+    /// subject (see [`TlsInfo`]); `None` on a plain connection, and on a TLS one until
+    /// its handshake is over (in [`Service::open`], always: ask in
+    /// [`Service::writable`]). Built on each call, the certificate parsed then: ask
+    /// once, not per message.
+    pub fn tls(&self) -> Option<TlsInfo> {
+        self.conns.tls_info(self.key)
     }
 
     /// The client's address: the one a PROXY protocol header named, when the listener
@@ -273,4 +323,17 @@ impl<'a> Context<'a> {
     pub fn close(&mut self) {
         self.conns.close(self.key);
     }
+}
+
+/// The socket address of a bound endpoint: its host is an IP literal once bound.
+fn endpoint_addr(ep: &Endpoint) -> io::Result<PeerAddr> {
+    if let Some(path) = ep.path() {
+        return Ok(PeerAddr::Unix(Some(path.to_path_buf())));
+    }
+    ep.host_port()
+        .and_then(|hp| {
+            let ip = hp.host().parse().ok()?;
+            Some(PeerAddr::Inet(std::net::SocketAddr::new(ip, hp.port())))
+        })
+        .ok_or_else(|| io::Error::other(format!("{ep} has no socket address")))
 }

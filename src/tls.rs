@@ -247,3 +247,168 @@ impl ClientTlsOptions {
         self.ca.is_none() && self.server_name.is_none() && self.identity.is_none()
     }
 }
+
+/// What a TLS connection negotiated and who its client said it was, for a service that
+/// reports it (`who`) or decides by it; see [`Context::tls`](crate::Context::tls).
+///
+/// It is built only when asked for — the client's certificate is parsed then — so a
+/// connection that nobody asks about pays nothing for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsInfo {
+    /// The protocol version as people write it: `TLSv1.3`, `TLSv1.2`.
+    pub version: String,
+    /// The cipher suite's IANA name: `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    /// The subject of the certificate the client presented (mutual TLS), in the
+    /// string form of RFC 4514 (`CN=alice,O=Example`: most specific first). `None`
+    /// when the client presented none, or when its subject could not be parsed.
+    pub client_subject: Option<String>,
+}
+
+impl TlsInfo {
+    /// From a session whose handshake is over; `None` before that, since the version
+    /// and the suite are not settled yet.
+    pub(crate) fn of(conn: &rustls::Connection) -> Option<TlsInfo> {
+        if conn.is_handshaking() {
+            return None;
+        }
+        let version = conn.protocol_version()?;
+        let suite = conn.negotiated_cipher_suite()?.suite();
+        let version = match version.as_str() {
+            // rustls spells them TLSv1_3; people and OpenSSL write TLSv1.3.
+            Some(name) => name.replace('_', "."),
+            None => format!("{version:?}"),
+        };
+        let cipher = match suite.as_str() {
+            Some(name) => name.to_owned(),
+            None => format!("{suite:?}"),
+        };
+        let client_subject = match conn {
+            rustls::Connection::Server(s) => s
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| subject_rfc4514(leaf)),
+            rustls::Connection::Client(_) => None,
+        };
+        Some(TlsInfo {
+            version,
+            cipher,
+            client_subject,
+        })
+    }
+}
+
+/// The subject of a DER certificate in the string form of RFC 4514: the relative
+/// names from the last to the first, joined by `,`; several values of one joined by
+/// `+`; the usual attribute names (`CN`, `O`, ...) and dotted OIDs for the rest;
+/// special characters escaped with `\`; a value that is not a string as `#` and the
+/// hex of its DER encoding. `None` when the certificate does not parse.
+pub fn subject_rfc4514(der: &[u8]) -> Option<String> {
+    use x509_parser::asn1_rs::ToDer;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut out = String::new();
+    let rdns: Vec<_> = cert.subject().iter().collect();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = attr.attr_type().to_id_string();
+            match short_name(&oid) {
+                Some(name) => out.push_str(name),
+                None => out.push_str(&oid),
+            }
+            out.push('=');
+            match attr.as_str() {
+                Ok(value) => escape_rfc4514(value, &mut out),
+                Err(_) => {
+                    out.push('#');
+                    for b in attr.attr_value().to_der_vec().ok()? {
+                        out.push_str(&format!("{b:02x}"));
+                    }
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The attribute names RFC 4514 (section 3) lists; every other type is written as
+/// its dotted OID.
+fn short_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.6" => "C",
+        "2.5.4.9" => "STREET",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        _ => return None,
+    })
+}
+
+/// Escapes a value as RFC 4514 section 2.4 asks: `"+,;<>\` anywhere, `#` or a space
+/// at the start, a space at the end, and NUL.
+fn escape_rfc4514(value: &str, out: &mut String) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            '\0' => out.push_str("\\00"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with(dn: &[(rcgen::DnType, &str)]) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in dn {
+            params.distinguished_name.push(t.clone(), *v);
+        }
+        let key = rcgen::KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn a_subject_reads_most_specific_first() {
+        let der = cert_with(&[
+            (rcgen::DnType::OrganizationName, "Example"),
+            (rcgen::DnType::CommonName, "alice"),
+        ]);
+        assert_eq!(subject_rfc4514(&der).as_deref(), Some("CN=alice,O=Example"));
+    }
+
+    #[test]
+    fn special_characters_in_a_subject_are_escaped() {
+        let der = cert_with(&[
+            (rcgen::DnType::OrganizationName, "Smith, Jones & Co"),
+            (rcgen::DnType::CommonName, " #1+2 "),
+        ]);
+        assert_eq!(
+            subject_rfc4514(&der).as_deref(),
+            Some("CN=\\ #1\\+2\\ ,O=Smith\\, Jones & Co")
+        );
+    }
+
+    #[test]
+    fn garbage_is_no_subject() {
+        assert_eq!(subject_rfc4514(b"not a certificate"), None);
+    }
+}

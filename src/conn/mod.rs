@@ -61,6 +61,7 @@ use crate::proxy::{self, Parsed, ProxyHeader, ProxyProtocol};
 use crate::readiness::Readiness;
 use crate::service::ConnId;
 use crate::stats::Stats;
+use crate::tls::TlsInfo;
 use crate::token;
 use crate::transport::{PeerAddr, Transport};
 
@@ -279,6 +280,11 @@ impl Conns {
         self.entries[key].conn.transport().local_addr()
     }
 
+    /// What the connection's TLS session negotiated (see [`TlsInfo`]).
+    pub(crate) fn tls_info(&self, key: usize) -> Option<TlsInfo> {
+        self.entries[key].conn.transport().tls_info()
+    }
+
     /// The connection for the log: `conn 7 from 203.0.113.9:41000 via
     /// 127.0.0.1:55012` (via: the balancer, when a PROXY header named the client).
     /// Addresses are asked for only when it is formatted.
@@ -381,7 +387,15 @@ impl Conns {
             stats.backpressure_pauses += 1;
             trace!("conn {}: pause reading, {queued} bytes unsent", e.seq);
         }
-        if e.flags.has(Flags::WANTS_WRITABLE) && !e.conn.owes() && ready.writable() {
+        // Output asked for during a TLS handshake could only be queued (nothing goes
+        // out before the handshake is over), and what it says may depend on how the
+        // handshake ends (`who` reports the session): the read that completes the
+        // handshake comes back here.
+        if e.flags.has(Flags::WANTS_WRITABLE)
+            && !e.conn.owes()
+            && ready.writable()
+            && !e.conn.transport().is_handshaking()
+        {
             return Step::Produce;
         }
         Step::Wait

@@ -69,17 +69,14 @@ impl<S: Service> EventLoop<S> {
                     return;
                 }
                 Err(e) if sys::is_per_connection_accept_error(&e) => {
-                    debug!("accept on {}: {e}", self.sockets[i].local);
+                    debug!("accept on {}: {e}", self.locals[i]);
                 }
                 Err(e) if sys::is_fd_exhaustion(&e) => {
                     self.descriptors_exhausted(i, e);
                     return;
                 }
                 Err(e) => {
-                    warn!(
-                        "accept on {}: {e}; pausing this listener",
-                        self.sockets[i].local
-                    );
+                    warn!("accept on {}: {e}; pausing this listener", self.locals[i]);
                     self.pause_listener(i);
                     return;
                 }
@@ -114,7 +111,7 @@ impl<S: Service> EventLoop<S> {
         debug!(
             "conn {}: accepted from {peer} on {}{}",
             self.conns.id(key),
-            self.sockets[i].local,
+            self.locals[i],
             if proxy.is_some() {
                 ", waiting for its PROXY header"
             } else {
@@ -133,9 +130,12 @@ impl<S: Service> EventLoop<S> {
     /// Opens the service for connection `key` (accepted, and its PROXY header read if
     /// it owed one). False if the connection ended meanwhile.
     pub(super) fn open(&mut self, key: usize) -> bool {
-        let state = self
-            .service
-            .open(&mut Context::new(&mut self.conns, &mut self.stats, key));
+        let state = self.service.open(&mut Context::new(
+            &mut self.conns,
+            &mut self.stats,
+            &self.locals,
+            key,
+        ));
         if self.states.len() <= key {
             self.states.resize_with(key + 1, || None);
         }
@@ -148,7 +148,7 @@ impl<S: Service> EventLoop<S> {
         self.stats.rejected += 1;
         debug!(
             "rejected connection from {peer} on {}: server full",
-            self.sockets[i].local
+            self.locals[i]
         );
         // Over TLS the message could only be sent after a handshake, which a full
         // server does not spend on a connection it is about to close: the write says
@@ -173,7 +173,7 @@ impl<S: Service> EventLoop<S> {
             self.last_exhaustion_log = Some(now);
             warn!(
                 "accept on {}: {e} ({} connections open); shedding pending connections and backing off",
-                self.sockets[i].local,
+                self.locals[i],
                 self.conns.len()
             );
         }

@@ -63,8 +63,6 @@ const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
 struct SocketSlot {
     /// `None` once a shutdown has closed it.
     kind: Option<SocketKind>,
-    /// The bound address (port 0 resolved).
-    local: Endpoint,
     readiness: Readiness,
     /// On the list of sockets to serve next turn.
     ready_listed: bool,
@@ -94,6 +92,10 @@ pub struct EventLoop<S: Service> {
     poll: Poll,
     events: Events,
     sockets: Vec<SocketSlot>,
+    /// The bound address of each socket (port 0 resolved), at the socket's index: kept
+    /// apart from the sockets so that a service's context can borrow them while a
+    /// socket is being served.
+    locals: Vec<Endpoint>,
     conns: Conns,
     /// The service's per-connection state, at the same index as the connection's slot.
     states: Vec<Option<S::State>>,
@@ -140,6 +142,7 @@ impl<S: Service> EventLoop<S> {
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let mut slots = Vec::with_capacity(sockets.len());
+        let mut locals = Vec::with_capacity(sockets.len());
         for (i, (bound, local, proxy)) in sockets.into_iter().enumerate() {
             let mut kind = match bound {
                 Bound::Listener(l) => SocketKind::Listener(ListenerState::new(l, proxy)),
@@ -156,9 +159,9 @@ impl<S: Service> EventLoop<S> {
             poll.registry()
                 .register(kind.source(), token::socket(i), interest)
                 .map_err(|e| io::Error::new(e.kind(), format!("register {local}: {e}")))?;
+            locals.push(local);
             slots.push(SocketSlot {
                 kind: Some(kind),
-                local,
                 readiness: Readiness::NONE,
                 ready_listed: false,
             });
@@ -178,6 +181,7 @@ impl<S: Service> EventLoop<S> {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
             sockets: slots,
+            locals,
             conns: Conns::new(limits),
             states: Vec::with_capacity(prealloc),
             service,
@@ -206,7 +210,7 @@ impl<S: Service> EventLoop<S> {
     /// The bound address of each listener and datagram socket, in the order they were
     /// given (port 0 replaced by the real port).
     pub fn local_addrs(&self) -> Vec<Endpoint> {
-        self.sockets.iter().map(|s| s.local.clone()).collect()
+        self.locals.clone()
     }
 
     /// A handle that stops this loop from another thread.

@@ -159,6 +159,7 @@ impl<S: Service> EventLoop<S> {
             self.arena.clear();
             let mut ctx = DatagramContext {
                 socket: i,
+                local: &self.locals[i],
                 peer: &peer,
                 request_len: n,
                 arena: &mut self.arena,
@@ -226,6 +227,7 @@ impl<S: Service> EventLoop<S> {
                 }
                 let mut ctx = DatagramContext {
                     socket: i,
+                    local: &self.locals[i],
                     peer: &peer,
                     request_len: data.len(),
                     arena: &mut self.arena,

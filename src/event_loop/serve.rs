@@ -171,7 +171,7 @@ impl<S: Service> EventLoop<S> {
         let Some(Some(state)) = self.states.get_mut(key) else {
             return;
         };
-        let mut ctx = Context::new(&mut self.conns, &mut self.stats, key);
+        let mut ctx = Context::new(&mut self.conns, &mut self.stats, &self.locals, key);
         match cb {
             Callback::Data(n) => self.service.data(state, &self.scratch[..n], &mut ctx),
             Callback::Eof => self.service.eof(state, &mut ctx),

@@ -78,7 +78,7 @@ impl<S: Service> EventLoop<S> {
             // input it already has (a line without its terminator).
             if !self.conns.peer_eof(key) {
                 if let Some(Some(state)) = self.states.get_mut(key) {
-                    let mut ctx = Context::new(&mut self.conns, &mut self.stats, key);
+                    let mut ctx = Context::new(&mut self.conns, &mut self.stats, &self.locals, key);
                     self.service.eof(state, &mut ctx);
                 }
                 if self.reap(key) {

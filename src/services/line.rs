@@ -7,8 +7,20 @@
 //! connection is closed once that is sent; an unterminated tail at EOF is written back
 //! as it is. The only memory a connection holds is its unterminated line, at most the
 //! limit, and none at all between lines.
+//!
+//! # A prefix
+//! With a [`Template`] as prefix ([`Line::prefix`], `--prefix`), every line a stream
+//! connection gets back starts with the template's expansion for that connection —
+//! exactly the expansion, nothing added between it and the line. It is expanded once,
+//! when the connection opens, and kept beside the connections (in a map by
+//! [`ConnId`]), not in their state: without a prefix a connection's state stays one
+//! word. Datagrams are echoed without it, since a reply must not be longer than its
+//! request.
 
-use crate::service::{Context, DatagramContext, Service};
+use std::collections::HashMap;
+
+use super::template::Template;
+use crate::service::{ConnId, Context, DatagramContext, Service};
 
 /// The reply to a line over the limit, before the connection is closed.
 pub const TOO_LONG: &[u8] = b"ERR line too long\n";
@@ -16,10 +28,17 @@ pub const TOO_LONG: &[u8] = b"ERR line too long\n";
 /// The reply to a connection refused because the server is full.
 pub const SERVER_FULL: &[u8] = b"ERR server full\n";
 
+/// Most slices handed to one `writev` for prefixed lines: the kernel takes at most
+/// `IOV_MAX` (1024) at once, and a run of more lines goes out in several writes.
+const MAX_PARTS: usize = 1024;
+
 /// The line service.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Line {
     max_line: usize,
+    prefix: Option<Template>,
+    /// Each open stream connection's expanded prefix, when there is a prefix.
+    prefixes: HashMap<ConnId, Box<[u8]>>,
 }
 
 impl Line {
@@ -27,12 +46,45 @@ impl Line {
     pub fn new(max_line: usize) -> Self {
         Line {
             max_line: max_line.max(1),
+            prefix: None,
+            prefixes: HashMap::new(),
         }
+    }
+
+    /// Puts `template`, expanded for each connection, before every line it gets back:
+    /// exactly the expansion, nothing added between it and the line. It is expanded
+    /// once, when the connection opens, and kept beside the connections (in a map by
+    /// [`ConnId`]), not in their state, so that without a prefix a connection's state
+    /// stays one word. Stream connections only: a datagram is echoed without it, since
+    /// a reply must not be longer than its request. An empty template is no prefix.
+    pub fn prefix(mut self, template: Template) -> Self {
+        self.prefix = (!template.is_empty()).then_some(template);
+        self
+    }
+
+    /// The same service for worker `i` (the prefix's `{worker}`).
+    pub fn worker(mut self, i: usize) -> Self {
+        self.prefix = self.prefix.map(|t| t.worker(i));
+        self
     }
 
     /// The longest line accepted, terminator included.
     pub fn max_line(&self) -> usize {
         self.max_line
+    }
+
+    /// Changes the limit, keeping the prefix.
+    pub(crate) fn set_max_line(&mut self, max_line: usize) {
+        self.max_line = max_line.max(1);
+    }
+
+    /// The prefix of the connection of `ctx`, if there is one. Without a prefix this
+    /// is one test on the data path: no id, no lookup.
+    fn prefix_of(&self, ctx: &Context<'_>) -> Option<&[u8]> {
+        if self.prefixes.is_empty() {
+            return None;
+        }
+        self.prefixes.get(&ctx.id()).map(|p| &**p)
     }
 }
 
@@ -89,12 +141,18 @@ impl Partial {
 impl Service for Line {
     type State = Partial;
 
-    fn open(&mut self, _ctx: &mut Context<'_>) -> Partial {
+    fn open(&mut self, ctx: &mut Context<'_>) -> Partial {
+        if let Some(t) = &self.prefix {
+            let mut p = Vec::new();
+            t.expand_for(ctx, &mut p);
+            self.prefixes.insert(ctx.id(), p.into_boxed_slice());
+        }
         Partial::new()
     }
 
     fn data(&mut self, partial: &mut Partial, data: &[u8], ctx: &mut Context<'_>) {
         let max = self.max_line;
+        let prefix = self.prefix_of(ctx);
         let mut rest = data;
         if !partial.is_empty() {
             // Complete the line begun in an earlier read.
@@ -113,7 +171,10 @@ impl Service for Line {
         let (complete, over) = complete_lines(rest, max);
         // The completed partial line and the run of whole lines after it go out in one
         // write (a writev when both are there).
-        ctx.write_vectored(&[partial.as_slice(), &rest[..complete]]);
+        match prefix {
+            None => ctx.write_vectored(&[partial.as_slice(), &rest[..complete]]),
+            Some(prefix) => write_prefixed(prefix, partial.as_slice(), &rest[..complete], ctx),
+        }
         if over {
             return too_long(partial, ctx);
         }
@@ -122,8 +183,17 @@ impl Service for Line {
 
     fn eof(&mut self, partial: &mut Partial, ctx: &mut Context<'_>) {
         if !partial.is_empty() {
-            ctx.write(partial.as_slice());
+            match self.prefix_of(ctx) {
+                None => ctx.write(partial.as_slice()),
+                Some(prefix) => ctx.write_vectored(&[prefix, partial.as_slice()]),
+            }
             partial.clear();
+        }
+    }
+
+    fn close(&mut self, _partial: Partial, id: ConnId) {
+        if !self.prefixes.is_empty() {
+            self.prefixes.remove(&id);
         }
     }
 
@@ -140,6 +210,30 @@ impl Service for Line {
             ctx.reply(TOO_LONG);
         }
     }
+}
+
+/// Writes the completed line `first` (empty if none) and the whole lines of `run`,
+/// each after `prefix`: one `writev` for up to [`MAX_PARTS`] slices.
+fn write_prefixed(prefix: &[u8], first: &[u8], run: &[u8], ctx: &mut Context<'_>) {
+    let lines = run.iter().filter(|&&b| b == b'\n').count() + usize::from(!first.is_empty());
+    if lines == 0 {
+        return;
+    }
+    let mut parts: Vec<&[u8]> = Vec::with_capacity((2 * lines).min(MAX_PARTS));
+    let first = (!first.is_empty()).then_some(first);
+    // `run` is whole lines: each piece ends with its `\n`.
+    for line in first
+        .into_iter()
+        .chain(run.split_inclusive(|&b| b == b'\n'))
+    {
+        if parts.len() == MAX_PARTS {
+            ctx.write_vectored(&parts);
+            parts.clear();
+        }
+        parts.push(prefix);
+        parts.push(line);
+    }
+    ctx.write_vectored(&parts);
 }
 
 /// Refuses an over-long line: the error, then the connection closes once it is sent.

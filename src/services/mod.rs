@@ -2,12 +2,16 @@
 //!
 //! Each service is an ordinary [`Service`] implementation with no access to the loop
 //! beyond its [`Context`]: the same trait a program embedding the loop implements.
+//! [`Template`] is what `--banner` and `--prefix` are made of, for programs that want
+//! to greet their own connections the same way.
 
 mod chargen;
 mod chat;
 mod discard;
 mod echo;
 mod line;
+mod template;
+mod who;
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,6 +21,8 @@ pub use chat::Chat;
 pub use discard::Discard;
 pub use echo::Echo;
 pub use line::{Line, Partial, SERVER_FULL, TOO_LONG};
+pub use template::{Template, TemplateError, Vars};
+pub use who::{Who, percent_encode};
 
 use crate::service::{ConnId, Context, DatagramContext, Service};
 
@@ -37,6 +43,8 @@ pub enum Mode {
     Discard,
     /// RFC 864 character generator.
     Chargen,
+    /// One line saying who the client is and which server answered, then a close.
+    Who,
 }
 
 impl Mode {
@@ -47,6 +55,7 @@ impl Mode {
         Mode::Chat,
         Mode::Discard,
         Mode::Chargen,
+        Mode::Who,
     ];
 
     /// The mode's name on the command line.
@@ -57,6 +66,7 @@ impl Mode {
             Mode::Chat => "chat",
             Mode::Discard => "discard",
             Mode::Chargen => "chargen",
+            Mode::Who => "who",
         }
     }
 }
@@ -84,6 +94,9 @@ impl FromStr for Mode {
 
 /// Serves each bound socket — listener or datagram socket, numbered in the order they
 /// were given — with its own built-in mode: what `sockloop serve` runs.
+///
+/// A [`banner`](Self::banner) is sent to every new stream connection before anything
+/// else, whatever its mode.
 #[derive(Clone, Debug)]
 pub struct Modes {
     default: Mode,
@@ -91,6 +104,8 @@ pub struct Modes {
     line: Line,
     chat: Chat,
     chargen: Chargen,
+    who: Who,
+    banner: Option<Template>,
 }
 
 /// The state of one connection under [`Modes`].
@@ -106,6 +121,8 @@ pub enum ModeConn {
     Discard,
     /// A chargen connection (no state).
     Chargen,
+    /// A who connection (no state).
+    Who,
 }
 
 impl Modes {
@@ -117,6 +134,8 @@ impl Modes {
             line: Line::new(DEFAULT_MAX_LINE),
             chat: Chat::new(DEFAULT_MAX_LINE),
             chargen: Chargen::new(),
+            who: Who::new(),
+            banner: None,
         }
     }
 
@@ -131,8 +150,32 @@ impl Modes {
 
     /// The line limit for line and chat mode, terminator included.
     pub fn max_line(mut self, max_line: usize) -> Self {
-        self.line = Line::new(max_line);
+        self.line.set_max_line(max_line);
         self.chat = Chat::new(max_line);
+        self
+    }
+
+    /// Sends `template`, expanded for each connection and followed by `\n`, to every
+    /// new stream connection before anything else, whatever its mode (echo stays
+    /// byte-exact after it). An empty template sends an empty line.
+    pub fn banner(mut self, template: Template) -> Self {
+        self.banner = Some(template);
+        self
+    }
+
+    /// Puts `template`, expanded for each connection, before every line echoed in line
+    /// mode (see [`Line::prefix`]).
+    pub fn prefix(mut self, template: Template) -> Self {
+        self.line = self.line.prefix(template);
+        self
+    }
+
+    /// This service runs as worker `i` of several (`--workers`): what `{worker}` and
+    /// who's `worker=` say. Worker 0 by default.
+    pub fn worker(mut self, i: usize) -> Self {
+        self.who = self.who.worker(i);
+        self.line = self.line.worker(i);
+        self.banner = self.banner.map(|t| t.worker(i));
         self
     }
 
@@ -155,6 +198,12 @@ impl Service for Modes {
     type State = ModeConn;
 
     fn open(&mut self, ctx: &mut Context<'_>) -> ModeConn {
+        if let Some(banner) = &self.banner {
+            let mut line = Vec::new();
+            banner.expand_for(ctx, &mut line);
+            line.push(b'\n');
+            ctx.write(&line);
+        }
         match self.mode(ctx.listener()) {
             Mode::Echo => ModeConn::Echo,
             Mode::Line => ModeConn::Line(self.line.open(ctx)),
@@ -164,6 +213,10 @@ impl Service for Modes {
                 self.chargen.open(ctx);
                 ModeConn::Chargen
             }
+            Mode::Who => {
+                self.who.open(ctx);
+                ModeConn::Who
+            }
         }
     }
 
@@ -172,31 +225,37 @@ impl Service for Modes {
             ModeConn::Echo => Echo.data(&mut (), data, ctx),
             ModeConn::Line(p) => self.line.data(p, data, ctx),
             ModeConn::Chat(p) => self.chat.data(p, data, ctx),
-            ModeConn::Discard | ModeConn::Chargen => {}
+            ModeConn::Discard | ModeConn::Chargen | ModeConn::Who => {}
         }
     }
 
     fn eof(&mut self, conn: &mut ModeConn, ctx: &mut Context<'_>) {
-        if let ModeConn::Line(p) = conn {
-            self.line.eof(p, ctx);
+        match conn {
+            ModeConn::Line(p) => self.line.eof(p, ctx),
+            ModeConn::Who => self.who.eof(&mut (), ctx),
+            _ => {}
         }
     }
 
     fn writable(&mut self, conn: &mut ModeConn, ctx: &mut Context<'_>) {
-        if let ModeConn::Chargen = conn {
-            self.chargen.writable(&mut (), ctx);
+        match conn {
+            ModeConn::Chargen => self.chargen.writable(&mut (), ctx),
+            ModeConn::Who => self.who.writable(&mut (), ctx),
+            _ => {}
         }
     }
 
     fn close(&mut self, conn: ModeConn, id: ConnId) {
-        if let ModeConn::Chat(p) = conn {
-            self.chat.close(p, id);
+        match conn {
+            ModeConn::Chat(p) => self.chat.close(p, id),
+            ModeConn::Line(p) => self.line.close(p, id),
+            _ => {}
         }
     }
 
     fn reject_message(&self, listener: usize) -> &[u8] {
         match self.mode(listener) {
-            Mode::Echo | Mode::Discard | Mode::Chargen => &[],
+            Mode::Echo | Mode::Discard | Mode::Chargen | Mode::Who => &[],
             Mode::Line => self.line.reject_message(listener),
             Mode::Chat => self.chat.reject_message(listener),
         }
@@ -207,6 +266,7 @@ impl Service for Modes {
             Mode::Echo => Echo.datagram(data, ctx),
             Mode::Line => self.line.datagram(data, ctx),
             Mode::Chargen => self.chargen.datagram(data, ctx),
+            Mode::Who => self.who.datagram(data, ctx),
             Mode::Chat | Mode::Discard => {}
         }
     }

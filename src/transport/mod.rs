@@ -313,6 +313,15 @@ impl Transport {
         }
     }
 
+    /// What a TLS session negotiated, once its handshake is over; `None` for a plain
+    /// stream.
+    pub(crate) fn tls_info(&self) -> Option<crate::tls::TlsInfo> {
+        match self {
+            Transport::Tls(s) => s.info(),
+            _ => None,
+        }
+    }
+
     /// This end's address (a `getsockname` call).
     pub(crate) fn local_addr(&self) -> io::Result<PeerAddr> {
         match self {

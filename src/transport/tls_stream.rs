@@ -44,7 +44,7 @@ use rustls::{Connection, ServerConfig};
 
 use super::{Fault, Io, Status};
 use crate::sys::retry;
-use crate::tls::TLS_BUFFER_LIMIT;
+use crate::tls::{TLS_BUFFER_LIMIT, TlsInfo};
 
 /// The ciphertext read buffer: room for a few maximum-size records (16 KiB + 325 B
 /// each), so one `read` call usually takes all the socket holds.
@@ -128,6 +128,12 @@ impl TlsStream {
     /// True once, right after a read completed the handshake.
     pub(crate) fn take_established(&mut self) -> bool {
         std::mem::take(&mut self.newly_established)
+    }
+
+    /// What the handshake settled and the client's certificate, for a service that
+    /// asks (see [`TlsInfo`]); `None` while the handshake is under way.
+    pub(crate) fn info(&self) -> Option<TlsInfo> {
+        TlsInfo::of(&self.tls)
     }
 
     /// The negotiated protocol version and cipher suite, for the log.

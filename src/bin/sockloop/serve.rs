@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 use log::{error, info};
 
-use sockloop::services::{DEFAULT_MAX_LINE, Mode, Modes};
+use sockloop::services::{DEFAULT_MAX_LINE, Mode, Modes, Template};
 use sockloop::{Builder, Config, Endpoint, ListenOptions, ProxyProtocol, Url, sys, tls};
 
 use crate::Secs;
@@ -32,7 +32,10 @@ pub(crate) struct ServeArgs {
 
     /// The service: echo (RFC 862), line (echo each complete line; on datagram
     /// sockets, each datagram is one line), chat (each line to every other client, as
-    /// `<ID> LINE`), discard (RFC 863) or chargen (RFC 864).
+    /// `<ID> LINE`), discard (RFC 863), chargen (RFC 864) or who (one line of
+    /// key=value pairs — peer, via, local, listener, host, worker, conn, tls,
+    /// tls_client — then a close; a datagram is answered with it only when at least as
+    /// long: pad the request).
     #[arg(long, value_name = "MODE", default_value = "echo", value_parser = parse_mode)]
     mode: Mode,
 
@@ -98,6 +101,19 @@ pub(crate) struct ServeArgs {
     /// a datagram between them forever.
     #[arg(long)]
     allow_service_ports: bool,
+
+    /// A line sent to every new stream connection before anything else, in every
+    /// mode. Placeholders: {host}, {peer} (the client, after a PROXY header), {via}
+    /// (the load balancer; empty without one), {local}, {conn}, {worker},
+    /// {env:NAME} (read at start; empty when unset); {{ and }} for braces.
+    #[arg(long, value_name = "TEMPLATE")]
+    banner: Option<String>,
+
+    /// In line mode, put this before every line echoed (exactly its expansion,
+    /// nothing added); placeholders as for --banner, expanded once per connection. A
+    /// usage error when no listener runs line mode.
+    #[arg(long, value_name = "TEMPLATE")]
+    prefix: Option<String>,
 
     /// Independent loops on N threads, each with its own SO_REUSEPORT sockets; the
     /// kernel spreads connections and datagrams over them.
@@ -185,6 +201,14 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 
 fn parse_proxy(s: &str) -> Result<ProxyProtocol, String> {
     s.parse()
+}
+
+/// A `--banner` or `--prefix` template, read in `run` rather than by clap so that a
+/// bad one is one line on stderr, like the other checks made before binding; its
+/// environment variables are read now, once.
+fn parse_template(option: &str, s: Option<&str>) -> Result<Option<Template>, String> {
+    s.map(|s| Template::parse(s).map_err(|e| format!("{option}: {e}")))
+        .transpose()
 }
 
 /// Serves until a signal ends it; the exit code as the module says.
@@ -280,6 +304,35 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         builder = builder.listen_with(l.endpoint.clone(), options);
     }
 
+    let (banner, prefix) = match (
+        parse_template("--banner", args.banner.as_deref()),
+        parse_template("--prefix", args.prefix.as_deref()),
+    ) {
+        (Ok(b), Ok(p)) => (b, p),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(banner) = banner {
+        service = service.banner(banner);
+    }
+    if let Some(prefix) = prefix {
+        // A prefix that nothing would ever print is a mistake on the command line.
+        let line_streams = listen
+            .iter()
+            .enumerate()
+            .any(|(i, l)| l.endpoint.is_stream() && service.mode(i) == Mode::Line);
+        if !line_streams {
+            eprintln!(
+                "sockloop: --prefix applies to line mode on stream listeners, and none runs \
+                 it (--mode line, or ?mode=line on a tcp://, tls:// or unix: URL)"
+            );
+            return ExitCode::from(2);
+        }
+        service = service.prefix(prefix);
+    }
+
     let workers = args.workers as usize;
     if workers > 1 && service.uses(Mode::Chat, listen.len()) {
         eprintln!(
@@ -288,7 +341,7 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let server = match builder.build_workers(workers, |_| service.clone()) {
+    let server = match builder.build_workers(workers, |i| service.clone().worker(i)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("sockloop: {e}");
