@@ -22,6 +22,14 @@
 //! same with the session resumed (an abbreviated handshake). Certificates
 //! are generated for the run (ECDSA P-256, as `rcgen` makes them).
 //!
+//! A third table (`proxy-*`) measures what a PROXY protocol header costs: the same
+//! sockloop server, a listener with `?proxy=v2` driven by `bench --proxy v2` against a
+//! plain listener driven by plain `bench`, in alternating rounds
+//! (`SOCKLOOP_BENCH_ROUNDS`, default 3), with the median of the per-round ratios. A
+//! fourth (`haproxy-*`, needs `haproxy` on the PATH or in /usr/sbin) measures what
+//! HAProxy in TCP mode costs in front of that listener (`send-proxy-v2`) against
+//! `bench --proxy v2` straight to it.
+//!
 //! On a 2-core machine the client and the server share the cores; read the CPU
 //! columns with the rates. Traffic goes to 127.0.0.1 only.
 
@@ -31,6 +39,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sockloop::Endpoint;
+use sockloop::client::ProxyVersion;
 use sockloop::client::bench::{self, BenchConfig, Report};
 use sockloop::tls::TlsClient;
 
@@ -90,7 +99,7 @@ fn main() {
             let url = if s.udp { &server.udp } else { &server.tcp };
             measured(&server, s.config(url, secs, None))
         };
-        print_row(s, &a, &b);
+        print_row(s.name, s, &a, &b);
     }
 
     // The same sockloop server, plain TCP against TLS, by the same client.
@@ -136,9 +145,73 @@ fn main() {
                 let server = Server::sockloop(Some(&pki));
                 measured(&server, s.config(&server.tcp, secs, None))
             };
-            print_row(s, &tls, &tcp);
+            print_row(s.name, s, &tls, &tcp);
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    let rounds = env("SOCKLOOP_BENCH_ROUNDS", 3.0).max(1.0) as usize;
+    let proxy_scenarios = [
+        Scenario::new("proxy-pp100", 100, 64, 1),
+        Scenario {
+            reconnect: true,
+            ..Scenario::new("proxy-reconnect", 8, 64, 1)
+        },
+    ];
+    let chosen: Vec<&Scenario> = proxy_scenarios.iter().filter(|s| wanted(s.name)).collect();
+    if !chosen.is_empty() {
+        println!();
+        println!(
+            "| scenario, round | unit | ?proxy=v2, bench --proxy v2 | plain | with / without header | with p50/p99 µs | without p50/p99 µs | server CPU with / without | client CPU |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for s in chosen {
+            let run = |header: bool| {
+                let server = Server::sockloop_proxied();
+                let (url, proxy) = match (header, &server.proxied) {
+                    (true, Some(u)) => (u.as_str(), Some(ProxyVersion::V2)),
+                    _ => (server.tcp.as_str(), None),
+                };
+                let mut cfg = s.config(url, secs, None);
+                cfg.proxy = proxy;
+                measured(&server, cfg)
+            };
+            compare_rounds(s, rounds, run);
+        }
+    }
+
+    let haproxy_scenarios = [
+        Scenario::new("haproxy-pp100", 100, 64, 1),
+        Scenario::new("haproxy-bulk64k", 1, 65536, 4),
+    ];
+    let chosen: Vec<&Scenario> = haproxy_scenarios
+        .iter()
+        .filter(|s| wanted(s.name))
+        .collect();
+    if !chosen.is_empty() {
+        println!();
+        println!(
+            "| scenario, round | unit | through HAProxy | direct | through / direct | through p50/p99 µs | direct p50/p99 µs | sockloop CPU through / direct | client CPU |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for s in chosen {
+            let run = |through: bool| {
+                let server = Server::sockloop_proxied();
+                let target = server.proxied.clone().expect("a ?proxy=v2 listener");
+                let haproxy = through.then(|| HaProxy::start(&target));
+                let mut cfg = match &haproxy {
+                    Some(h) => s.config(&h.url, secs, None),
+                    None => {
+                        let mut cfg = s.config(&target, secs, None);
+                        cfg.proxy = Some(ProxyVersion::V2);
+                        cfg
+                    }
+                };
+                cfg.warmup = Duration::from_millis(500);
+                measured(&server, cfg)
+            };
+            compare_rounds(s, rounds, run);
+        }
     }
 
     if filters.is_empty() || filters.iter().any(|f| "hold".contains(f.as_str())) {
@@ -201,15 +274,14 @@ impl Scenario {
 }
 
 /// A table row: two runs of one scenario, and the first's figure over the second's.
-fn print_row(s: &Scenario, a: &(Report, f64, f64), b: &(Report, f64, f64)) {
+fn print_row(label: &str, s: &Scenario, a: &(Report, f64, f64), b: &(Report, f64, f64)) {
     for (r, _, _) in [a, b] {
-        assert_eq!(r.errors, 0, "{}: {r}", s.name);
+        assert_eq!(r.errors, 0, "{label}: {r}");
     }
     let (unit, va) = s.figure(&a.0);
     let (_, vb) = s.figure(&b.0);
     println!(
-        "| {} | {unit} | {va:.0} | {vb:.0} | {:.2}× | {} / {} | {} / {} | {:.0}% / {:.0}% | {:.0}% / {:.0}% |",
-        s.name,
+        "| {label} | {unit} | {va:.0} | {vb:.0} | {:.2}× | {} / {} | {} / {} | {:.0}% / {:.0}% | {:.0}% / {:.0}% |",
         va / vb,
         a.0.p50_us,
         a.0.p99_us,
@@ -220,6 +292,89 @@ fn print_row(s: &Scenario, a: &(Report, f64, f64), b: &(Report, f64, f64)) {
         a.2,
         b.2
     );
+}
+
+/// `rounds` rounds of `run(true)` against `run(false)`, in alternating order so that
+/// drift in the machine's load hits both alike: a row per round, then the median of
+/// the per-round ratios.
+fn compare_rounds(s: &Scenario, rounds: usize, run: impl Fn(bool) -> (Report, f64, f64)) {
+    let mut ratios = Vec::with_capacity(rounds);
+    for r in 0..rounds {
+        let (a, b) = if r % 2 == 0 {
+            let a = run(true);
+            (a, run(false))
+        } else {
+            let b = run(false);
+            (run(true), b)
+        };
+        print_row(&format!("{} {}", s.name, r + 1), s, &a, &b);
+        ratios.push(s.figure(&a.0).1 / s.figure(&b.0).1);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "| {} median | | | | {:.3}× | | | | |",
+        s.name,
+        ratios[ratios.len() / 2]
+    );
+}
+
+/// HAProxy in TCP mode on a free loopback port, passing connections on to `target`
+/// (a `tcp://` URL) with a version 2 PROXY header.
+struct HaProxy {
+    child: Child,
+    url: String,
+    dir: std::path::PathBuf,
+}
+
+impl HaProxy {
+    fn start(target: &str) -> HaProxy {
+        let backend = target.strip_prefix("tcp://").expect("a tcp:// URL");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("sockloop-haproxy-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n    maxconn 4096\n\
+                 defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+                 frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
+                 backend be\n    server s1 {backend} send-proxy-v2\n"
+            ),
+        )
+        .expect("write the HAProxy configuration");
+        let bin = ["/usr/sbin/haproxy", "haproxy"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("-v").output().is_ok())
+            .expect("haproxy installed (apt-get install haproxy)");
+        let child = Command::new(bin)
+            .arg("-f")
+            .arg(&cfg)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "haproxy did not start on {port}");
+            thread::sleep(Duration::from_millis(20));
+        }
+        HaProxy { child, url, dir }
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Runs one benchmark and measures the server's and this process's CPU meanwhile, as
@@ -283,6 +438,8 @@ struct Server {
     tcp: String,
     udp: String,
     tls: Option<String>,
+    /// A `tcp://` listener expecting a PROXY v2 header.
+    proxied: Option<String>,
 }
 
 impl Server {
@@ -303,16 +460,33 @@ impl Server {
                 .arg(&p.server_key);
         }
         cmd.env("RUST_LOG", "warn");
-        Server::start("sockloop", cmd, pki.is_some())
+        Server::start("sockloop", cmd, pki.is_some(), false)
+    }
+
+    /// `sockloop serve` on TCP and UDP, and on a TCP listener expecting a PROXY v2
+    /// header.
+    fn sockloop_proxied() -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockloop"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--listen",
+            "udp://127.0.0.1:0",
+            "--listen",
+            "tcp://127.0.0.1:0?proxy=v2",
+        ]);
+        cmd.env("RUST_LOG", "warn");
+        Server::start("sockloop", cmd, false, true)
     }
 
     fn tokio() -> Server {
         let mut cmd = Command::new(std::env::current_exe().expect("this executable"));
         cmd.arg("--serve-tokio");
-        Server::start("tokio", cmd, false)
+        Server::start("tokio", cmd, false, false)
     }
 
-    fn start(name: &'static str, mut cmd: Command, tls: bool) -> Server {
+    fn start(name: &'static str, mut cmd: Command, tls: bool, proxied: bool) -> Server {
         let mut child = cmd
             .stdout(Stdio::piped())
             .spawn()
@@ -325,13 +499,15 @@ impl Server {
                 .to_string()
         };
         let (tcp, udp) = (next(), next());
-        let tls = tls.then(next);
+        let tls = tls.then(&mut next);
+        let proxied = proxied.then(&mut next);
         Server {
             name,
             child,
             tcp,
             udp,
             tls,
+            proxied,
         }
     }
 

@@ -374,7 +374,6 @@ fn haproxy_accept_proxy_reads_the_headers_the_clients_write() {
 }
 
 #[test]
-#[ignore = "needs who mode / send --proxy (being merged)"]
 fn who_mode_behind_haproxy_names_the_client_and_the_balancer() {
     let s = server("tcp://127.0.0.1:0?proxy=v2", &["--mode", "who"]);
     let port = s.addr(0).port();
