@@ -141,6 +141,11 @@ impl Preamble {
     /// `Ok(true)` once all of it has gone; `Ok(false)` when the socket filled first (on
     /// a new connection, with a send buffer of kilobytes, hardly ever): call again on
     /// the next writable event, and let the connection write nothing else until then.
+    /// The part of the header not yet sent.
+    pub(crate) fn unsent(&self) -> &[u8] {
+        &self.bytes[self.sent..]
+    }
+
     pub(crate) fn write(
         &mut self,
         conn: &mut Connection,

@@ -497,7 +497,7 @@ impl Conns {
                 let rest = total - len;
                 self.header_taken(key, header, stats);
                 let e = &mut self.entries[key];
-                if rest > 0 && matches!(e.conn.transport(), Transport::Tls(_)) {
+                if rest > 0 && e.conn.transport().is_tls() {
                     e.conn.unread(&buf[..rest]);
                     return HeaderRead::Done(0);
                 }

@@ -296,6 +296,13 @@ impl Transport {
         }
     }
 
+    /// True for a TLS stream: bytes meant for the socket itself (a PROXY header) cannot
+    /// simply go first in its output, which the session encrypts.
+    #[inline]
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
     /// True while a handshake is under way: the connection is on the handshake
     /// deadline, not the idle timer.
     #[inline]

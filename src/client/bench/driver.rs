@@ -181,6 +181,20 @@ impl<'a> Driver<'a> {
     /// Issues `count` messages on a lane, due at `due`: built back to back and handed
     /// to the connection in one write (with 16 in flight, one `write` for all 16).
     pub(super) fn issue(&mut self, lane: &mut Lane, count: usize, due: Instant) {
+        self.issue_after(lane, count, due, &[]);
+    }
+
+    /// [`issue`](Self::issue) with `prefix` (a PROXY header on a plain stream) written
+    /// ahead of the messages by the same system call, so that it reaches the server in
+    /// the same segment as the first message rather than costing both sides a system
+    /// call and a wake-up of its own.
+    pub(super) fn issue_after(
+        &mut self,
+        lane: &mut Lane,
+        count: usize,
+        due: Instant,
+        prefix: &[u8],
+    ) {
         let size = self.share.cfg.size;
         self.message.resize(count * size, 0);
         for m in self.message.chunks_exact_mut(size) {
@@ -189,10 +203,17 @@ impl<'a> Driver<'a> {
             lane.since.push_back(due);
         }
         if lane.alive {
-            if let Err(e) = lane
-                .conn
-                .send(&[&self.message], &mut self.outboxes, &mut self.stats)
-            {
+            let sent = if prefix.is_empty() {
+                lane.conn
+                    .send(&[&self.message], &mut self.outboxes, &mut self.stats)
+            } else {
+                lane.conn.send(
+                    &[prefix, &self.message],
+                    &mut self.outboxes,
+                    &mut self.stats,
+                )
+            };
+            if let Err(e) = sent {
                 lane.alive = false;
                 self.tally.error(|| format!("conn {}: write: {e}", lane.id));
             }

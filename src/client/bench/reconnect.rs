@@ -106,25 +106,35 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                 s.header = d.proxy_header(u64::from(lane.id) + round * d.share.cfg.conns as u64);
             }
             if lane.issued == 0 {
-                // The PROXY header first, alone; the message after it.
-                if let Some(h) = s.header.as_mut() {
-                    lane.conn.add_event(ev);
-                    match d.write_header(&mut lane.conn, h) {
-                        Ok(true) => s.header = None,
-                        Ok(false) => continue,
-                        Err(f) => {
-                            d.tally
-                                .error(|| format!("conn {}: PROXY header: {f}", lane.id));
-                            if let Some(lane) = s.lane.take() {
-                                d.close(lane);
-                            }
-                            s.header = None;
-                            s.retry_at = Some(Instant::now() + Duration::from_millis(10));
-                            continue;
-                        }
+                match s.header.as_mut() {
+                    // On a plain stream the header is simply the first bytes of the
+                    // first write, with the message.
+                    Some(h) if !lane.conn.transport().is_tls() => {
+                        d.issue_after(lane, 1, s.started, h.unsent());
+                        s.header = None;
                     }
+                    // Over TLS it goes first, alone and in the clear, beneath the
+                    // session; the message (and the ClientHello) after it.
+                    Some(h) => {
+                        lane.conn.add_event(ev);
+                        match d.write_header(&mut lane.conn, h) {
+                            Ok(true) => s.header = None,
+                            Ok(false) => continue,
+                            Err(f) => {
+                                d.tally
+                                    .error(|| format!("conn {}: PROXY header: {f}", lane.id));
+                                if let Some(lane) = s.lane.take() {
+                                    d.close(lane);
+                                }
+                                s.header = None;
+                                s.retry_at = Some(Instant::now() + Duration::from_millis(10));
+                                continue;
+                            }
+                        }
+                        d.issue(lane, 1, s.started);
+                    }
+                    None => d.issue(lane, 1, s.started),
                 }
-                d.issue(lane, 1, s.started);
             }
             let done = d.serve(lane, ev, window) == 1;
             if done {
