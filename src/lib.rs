@@ -227,7 +227,9 @@
 //! reserve descriptor and backs off. Datagram sockets have no connections: one socket
 //! serves every peer, received and answered in batches (`recvmmsg`/`sendmmsg`), and no
 //! reply is larger than its request. TLS is a layer under the connection, so the loop
-//! above it is unchanged. SIGINT/SIGTERM (with [`Config::handle_signals`]) and
+//! above it is unchanged. A PROXY protocol header from a load balancer is a phase of
+//! the connection before it is served: read beneath TLS, taken off, and its client
+//! made the connection's peer before the service is opened ([`proxy`]). SIGINT/SIGTERM (with [`Config::handle_signals`]) and
 //! [`Handle::shutdown`] start the same graceful shutdown.
 //!
 //! To watch all of it happen, run the binary with `RUST_LOG=trace`: it logs every
@@ -250,6 +252,7 @@
 //!
 //! Beside them: [`Builder`] and [`Config`] make a loop, [`Workers`] runs one per
 //! thread, [`stats`] counts, [`endpoint`] parses URLs, [`tls`] loads certificates,
+//! [`proxy`] is the PROXY protocol's format,
 //! [`client`] holds `sockloop send` and the load generator, `token.rs` and
 //! `readiness.rs` are the two small vocabularies every layer shares, and [`sys`] is the
 //! platform edge.

@@ -186,8 +186,6 @@ impl Flags {
     pub(crate) const WANTS_WRITABLE: u8 = 4;
     /// On the loop's list of connections to serve next turn without an event.
     pub(crate) const READY_LISTED: u8 = 8;
-    /// A PROXY protocol header named its client (kept by the connection table).
-    pub(crate) const PROXIED: u8 = 64;
     /// Which deadline list it is on: none, or a [`Timer`] + 1, in bits 4–5.
     const TIMER_SHIFT: u8 = 4;
     const TIMER_MASK: u8 = 0b11 << Self::TIMER_SHIFT;

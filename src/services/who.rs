@@ -1,7 +1,6 @@
 //! Who mode: one line saying who the client is and which server answered (see [`Who`]).
 
 use std::fmt::{self, Write as _};
-use std::os::unix::ffi::OsStrExt;
 
 use crate::service::{Context, DatagramContext, Service};
 
@@ -64,10 +63,11 @@ impl Default for Who {
 impl Who {
     /// Reports this machine's host name (read now, once) and worker 0.
     pub fn new() -> Self {
-        let raw = nix::unistd::gethostname().unwrap_or_else(|_| "localhost".into());
-        let mut host = String::new();
-        percent_encode(raw.as_bytes(), &mut host);
-        Who { host, worker: 0 }
+        Who {
+            host: String::new(),
+            worker: 0,
+        }
+        .host(&hostname())
     }
 
     /// Reports `host` as the host name: a name the program knows better than the
