@@ -22,7 +22,7 @@
 //! same with the session resumed (an abbreviated handshake). Certificates
 //! are generated for the run (ECDSA P-256, as `rcgen` makes them).
 //!
-//! A third table (`proxy-*`) measures what a PROXY protocol header costs: the same
+//! A third table (`header-*`) measures what a PROXY protocol header costs: the same
 //! sockloop server, a listener with `?proxy=v2` driven by `bench --proxy v2` against a
 //! plain listener driven by plain `bench`, in alternating rounds
 //! (`SOCKLOOP_BENCH_ROUNDS`, default 3), with the median of the per-round ratios. A
@@ -152,10 +152,10 @@ fn main() {
 
     let rounds = env("SOCKLOOP_BENCH_ROUNDS", 3.0).max(1.0) as usize;
     let proxy_scenarios = [
-        Scenario::new("proxy-pp100", 100, 64, 1),
+        Scenario::new("header-pp100", 100, 64, 1),
         Scenario {
             reconnect: true,
-            ..Scenario::new("proxy-reconnect", 8, 64, 1)
+            ..Scenario::new("header-reconnect", 8, 64, 1)
         },
     ];
     let chosen: Vec<&Scenario> = proxy_scenarios.iter().filter(|s| wanted(s.name)).collect();
