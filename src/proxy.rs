@@ -437,6 +437,31 @@ mod tests {
         }
     }
 
+    /// A balancer in front of a Unix socket server may name Unix addresses (paths
+    /// padded with NUL bytes); an unnamed client has an empty path.
+    #[test]
+    fn v2_unix_addresses() {
+        let mut source = [0u8; 108];
+        source[..14].copy_from_slice(b"/run/lb/c.sock");
+        let h = v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            v2::Unix::new(source, [0u8; 108]),
+        )
+        .build()
+        .unwrap();
+        assert_eq!(h.len(), 16 + 216);
+        let Parsed::Done(n, Some(p)) = parse(&h, ProxyProtocol::Any) else {
+            panic!("not parsed");
+        };
+        assert_eq!(n, h.len());
+        assert_eq!(
+            p.source(),
+            &PeerAddr::Unix(Some(PathBuf::from("/run/lb/c.sock")))
+        );
+        assert_eq!(p.destination(), &PeerAddr::Unix(None));
+    }
+
     #[test]
     fn local_and_unknown_name_no_client() {
         let local = v2::Builder::new(

@@ -426,3 +426,46 @@ fn sockloop_send_proxy_is_understood_by_haproxy() {
         });
     }
 }
+
+/// `who` on a `tls://` listener behind HAProxy (TLS passed through, a v2 header in
+/// front): the handshake completes after the header, and the line names the client,
+/// HAProxy and the TLS session.
+#[test]
+fn who_over_tls_behind_haproxy_reports_the_session() {
+    let dir = TempDir::new();
+    let pki = Pki::new(dir.path());
+    let (cert, key) = (
+        pki.server_cert.to_str().unwrap(),
+        pki.server_key.to_str().unwrap(),
+    );
+    let s = server(
+        "tls://127.0.0.1:0?proxy=v2",
+        &["--mode", "who", "--tls-cert", cert, "--tls-key", key],
+    );
+    let port = s.addr(0).port();
+    let haproxy = HaProxy::start(1, |ports| {
+        one_server(ports[0], "", "", &format!("127.0.0.1:{port} send-proxy-v2"))
+    });
+    let config = sockloop::tls::client_config(Some(&pki.ca), None).expect("client TLS config");
+    let tcp = connect(haproxy.addr(0));
+    let client = tcp.local_addr().unwrap();
+    let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
+        .expect("client connection");
+    let mut tls = StreamOwned::new(conn, tcp);
+    let mut answer = String::new();
+    // The server closes with close_notify after its line; a missing one reads as an
+    // error here, which the test would report.
+    tls.read_to_string(&mut answer)
+        .expect("the who line over TLS through HAProxy");
+    let version = match tls.conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        other => panic!("no handshake: {other:?}"),
+    };
+    assert!(answer.ends_with('\n'), "{answer:?}");
+    assert!(
+        answer.starts_with(&format!("peer={client} via=127.0.0.1:")),
+        "{answer:?}"
+    );
+    assert!(answer.contains(&format!(" tls={version}/")), "{answer:?}");
+}
