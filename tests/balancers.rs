@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
+use sockloop::proxy::ProxyVersion;
 use util::balancer::{HaProxy, Nginx};
 use util::child::{Proc, bin};
 use util::fs::TempDir;
@@ -29,6 +30,25 @@ fn server(url: &str, args: &[&str]) -> Proc {
         .args(args)
         .env("RUST_LOG", "debug");
     Proc::spawn(cmd, 1)
+}
+
+/// A server on `tls://127.0.0.1:0?proxy=v2` with the certificates of `pki`.
+fn tls_server(pki: &Pki, args: &[&str]) -> Proc {
+    let (cert, key) = (
+        pki.server_cert.to_str().unwrap(),
+        pki.server_key.to_str().unwrap(),
+    );
+    let mut all = vec!["--tls-cert", cert, "--tls-key", key];
+    all.extend_from_slice(args);
+    server("tls://127.0.0.1:0?proxy=v2", &all)
+}
+
+/// A rustls client over `tcp`, trusting `pki`'s CA, for the name `localhost`.
+fn tls_client(pki: &Pki, tcp: TcpStream) -> StreamOwned<ClientConnection, TcpStream> {
+    let config = sockloop::tls::client_config(Some(&pki.ca), None).expect("client TLS config");
+    let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
+        .expect("client connection");
+    StreamOwned::new(conn, tcp)
 }
 
 /// Asks for the counters until `ok` holds. Each ask is a signal and a log line, so
@@ -201,14 +221,7 @@ fn haproxy_send_proxy_v1_names_the_client_and_echo_is_exact() {
 fn tls_passes_through_haproxy_behind_a_v2_header() {
     let dir = TempDir::new();
     let pki = Pki::new(dir.path());
-    let (cert, key) = (
-        pki.server_cert.to_str().unwrap(),
-        pki.server_key.to_str().unwrap(),
-    );
-    let s = server(
-        "tls://127.0.0.1:0?proxy=v2",
-        &["--tls-cert", cert, "--tls-key", key],
-    );
+    let s = tls_server(&pki, &[]);
     let port = s.addr(0).port();
     // HAProxy does not decrypt: TCP mode passes the client's TLS through. Its checks
     // do their own handshake (check-ssl), after the header as any connection.
@@ -228,12 +241,9 @@ fn tls_passes_through_haproxy_behind_a_v2_header() {
     });
     haproxy.wait_backend_up("be", 1);
 
-    let config = sockloop::tls::client_config(Some(&pki.ca), None).expect("client TLS config");
     let tcp = connect(haproxy.addr(0));
     let client = tcp.local_addr().unwrap();
-    let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
-        .expect("client connection");
-    let mut tls = StreamOwned::new(conn, tcp);
+    let mut tls = tls_client(&pki, tcp);
     let data = pattern(256 << 10, 3);
     for chunk in data.chunks(16 << 10) {
         tls.write_all(chunk)
@@ -303,7 +313,7 @@ fn a_client_that_skips_the_balancer_is_closed_and_the_next_one_served() {
     // The same server, a client that sends its header: served, under the header's name.
     let named: SocketAddr = "203.0.113.9:41000".parse().unwrap();
     let mut ok = connect(s.addr(0));
-    let mut msg = sockloop::proxy::encode(2, named, s.addr(0));
+    let mut msg = sockloop::proxy::encode(ProxyVersion::V2, named, s.addr(0));
     msg.extend_from_slice(b"hello");
     ok.write_all(&msg).unwrap();
     assert_eq!(read_n(&mut ok, 5), b"hello");
@@ -347,10 +357,10 @@ fn haproxy_accept_proxy_reads_the_headers_the_clients_write() {
     let s = server("tcp://127.0.0.1:0", &[]);
     let haproxy = haproxy_accepting_proxy(s.addr(0).port());
     for (version, source) in [
-        (2, "203.0.113.9:41000"),
-        (1, "198.51.100.7:42000"),
-        (2, "[2001:db8::9]:43000"),
-        (1, "[2001:db8::7]:44000"),
+        (ProxyVersion::V2, "203.0.113.9:41000"),
+        (ProxyVersion::V1, "198.51.100.7:42000"),
+        (ProxyVersion::V2, "[2001:db8::9]:43000"),
+        (ProxyVersion::V1, "[2001:db8::7]:44000"),
     ] {
         let source: SocketAddr = source.parse().unwrap();
         let mut c = connect(haproxy.addr(0));
@@ -434,24 +444,14 @@ fn sockloop_send_proxy_is_understood_by_haproxy() {
 fn who_over_tls_behind_haproxy_reports_the_session() {
     let dir = TempDir::new();
     let pki = Pki::new(dir.path());
-    let (cert, key) = (
-        pki.server_cert.to_str().unwrap(),
-        pki.server_key.to_str().unwrap(),
-    );
-    let s = server(
-        "tls://127.0.0.1:0?proxy=v2",
-        &["--mode", "who", "--tls-cert", cert, "--tls-key", key],
-    );
+    let s = tls_server(&pki, &["--mode", "who"]);
     let port = s.addr(0).port();
     let haproxy = HaProxy::start(1, |ports| {
         one_server(ports[0], "", "", &format!("127.0.0.1:{port} send-proxy-v2"))
     });
-    let config = sockloop::tls::client_config(Some(&pki.ca), None).expect("client TLS config");
     let tcp = connect(haproxy.addr(0));
     let client = tcp.local_addr().unwrap();
-    let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
-        .expect("client connection");
-    let mut tls = StreamOwned::new(conn, tcp);
+    let mut tls = tls_client(&pki, tcp);
     let mut answer = String::new();
     // The server closes with close_notify after its line; a missing one reads as an
     // error here, which the test would report.

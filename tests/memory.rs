@@ -218,7 +218,7 @@ fn unfinished_proxy_headers_cost_what_idle_connections_cost() {
     ]);
     let before = server.rss_kb();
     let header = sockloop::proxy::encode(
-        2,
+        sockloop::proxy::ProxyVersion::V2,
         "203.0.113.9:41000".parse().unwrap(),
         "192.0.2.1:5001".parse().unwrap(),
     );

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use sockloop::proxy::{self, ProxyProtocol};
+use sockloop::proxy::{self, ProxyProtocol, ProxyVersion};
 use sockloop::{Builder, ConnId, Context, ListenOptions, PeerAddr, Service};
 
 use util::fs::TempDir;
@@ -81,7 +81,7 @@ fn converse(addr: SocketAddr, chunks: &[&[u8]]) -> String {
 
 #[test]
 fn a_header_with_data_behind_it_in_one_segment() {
-    for version in [1, 2] {
+    for version in [ProxyVersion::V1, ProxyVersion::V2] {
         let srv = server(ProxyProtocol::Any);
         let mut first = proxy::encode(version, client_addr(), frontend_addr());
         first.extend_from_slice(b"hello");
@@ -99,7 +99,7 @@ fn a_header_with_data_behind_it_in_one_segment() {
 
 #[test]
 fn a_header_one_byte_at_a_time() {
-    for version in [1, 2] {
+    for version in [ProxyVersion::V1, ProxyVersion::V2] {
         let srv = server(ProxyProtocol::Any);
         let header = proxy::encode(version, client_addr(), frontend_addr());
         let mut chunks: Vec<&[u8]> = header.chunks(1).collect();
@@ -176,7 +176,7 @@ fn a_client_without_a_header_is_closed_and_the_loop_goes_on() {
             "no byte of a refused connection reaches the service"
         );
     }
-    let header = proxy::encode(2, client_addr(), frontend_addr());
+    let header = proxy::encode(ProxyVersion::V2, client_addr(), frontend_addr());
     let got = converse(srv.addr(), &[&header, b"ok"]);
     assert!(got.starts_with("203.0.113.9:41000 via"), "{got}");
     let stats = srv.stop();
@@ -204,7 +204,7 @@ fn over_long_headers_are_refused() {
     let mut v1 = b"PROXY TCP4 ".to_vec();
     v1.resize(200, b'1');
     assert_eq!(converse(srv.addr(), &[&v1]), "");
-    let mut v2 = proxy::encode(2, client_addr(), frontend_addr());
+    let mut v2 = proxy::encode(ProxyVersion::V2, client_addr(), frontend_addr());
     v2[14..16].copy_from_slice(&(proxy::MAX_V2_HEADER as u16).to_be_bytes());
     // Only the fixed part is sent, and the connection stays open from this side: the
     // refusal must come from the length alone, long before the deadline.
@@ -226,7 +226,7 @@ fn over_long_headers_are_refused() {
 #[test]
 fn an_unfinished_header_is_closed_at_the_deadline() {
     let srv = server(ProxyProtocol::Any);
-    let header = proxy::encode(2, client_addr(), frontend_addr());
+    let header = proxy::encode(ProxyVersion::V2, client_addr(), frontend_addr());
     let start = Instant::now();
     let mut half = connect(srv.addr());
     half.write_all(&header[..10]).unwrap();
@@ -256,7 +256,7 @@ fn tls_after_the_header() {
         ListenOptions::default().proxy(ProxyProtocol::V2),
     );
     let srv = LibServer::start(builder, Introduce);
-    let header = proxy::encode(2, client_addr(), frontend_addr());
+    let header = proxy::encode(ProxyVersion::V2, client_addr(), frontend_addr());
     // Python's ssl module over a socket that first carries the header.
     let script = format!(
         r#"
@@ -304,7 +304,7 @@ fn tls_client_hello_in_the_same_segment_as_the_header() {
     let ca = sockloop::tls::client_config(Some(&pki.ca), None).unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = rustls::ClientConnection::new(ca, name).unwrap();
-    let mut first = proxy::encode(1, client_addr(), frontend_addr());
+    let mut first = proxy::encode(ProxyVersion::V1, client_addr(), frontend_addr());
     tls.write_tls(&mut first).unwrap();
     let mut tcp = connect(srv.addr());
     tcp.write_all(&first).unwrap();
@@ -342,7 +342,7 @@ fn unix_listener_with_a_header() {
     let srv = LibServer::start(builder, Introduce);
     let mut s = UnixStream::connect(&path).unwrap();
     s.set_read_timeout(Some(util::net::DEADLINE)).unwrap();
-    let header = proxy::encode(1, client_addr(), frontend_addr());
+    let header = proxy::encode(ProxyVersion::V1, client_addr(), frontend_addr());
     s.write_all(&header).unwrap();
     s.write_all(b"over unix").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
@@ -375,16 +375,20 @@ enum Sent {
     /// Random bytes.
     Garbage(Vec<u8>),
     /// A good header cut short, then silence.
-    Truncated(u8, usize),
+    Truncated(ProxyVersion, usize),
     /// A good header with one byte changed, then data.
-    Damaged(u8, usize, u8),
+    Damaged(ProxyVersion, usize, u8),
+}
+
+fn version() -> impl Strategy<Value = ProxyVersion> {
+    prop_oneof![Just(ProxyVersion::V1), Just(ProxyVersion::V2)]
 }
 
 fn sent() -> impl Strategy<Value = Sent> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 1..200).prop_map(Sent::Garbage),
-        (1..=2u8, 0..28usize).prop_map(|(v, n)| Sent::Truncated(v, n)),
-        (1..=2u8, 0..28usize, any::<u8>()).prop_map(|(v, i, b)| Sent::Damaged(v, i, b)),
+        (version(), 0..28usize).prop_map(|(v, n)| Sent::Truncated(v, n)),
+        (version(), 0..28usize, any::<u8>()).prop_map(|(v, i, b)| Sent::Damaged(v, i, b)),
     ]
 }
 
@@ -435,7 +439,7 @@ proptest! {
             }
             prop_assert!(start.elapsed() < Duration::from_secs(2));
         }
-        let good = proxy::encode(2, client_addr(), frontend_addr());
+        let good = proxy::encode(ProxyVersion::V2, client_addr(), frontend_addr());
         let got = converse(srv.addr(), &[&good, b"still here"]);
         prop_assert!(got.ends_with("still here"), "{}", got);
         let stats = srv.stop();
@@ -450,7 +454,7 @@ proptest! {
 fn ipv6_client_through_a_v2_header() {
     let srv = server(ProxyProtocol::V2);
     let header = proxy::encode(
-        2,
+        ProxyVersion::V2,
         "[2001:db8::9]:41000".parse().unwrap(),
         "[2001:db8::1]:5001".parse().unwrap(),
     );

@@ -106,8 +106,12 @@ fn behind_a_proxy_v2_header_who_and_the_banner_name_the_client_and_the_balancer(
     let client: SocketAddr = "203.0.113.9:41000".parse().unwrap();
     let mut s = connect(server.addr(0));
     let balancer = s.local_addr().unwrap();
-    s.write_all(&sockloop::proxy::encode(2, client, server.addr(0)))
-        .unwrap();
+    s.write_all(&sockloop::proxy::encode(
+        sockloop::proxy::ProxyVersion::V2,
+        client,
+        server.addr(0),
+    ))
+    .unwrap();
     let got = String::from_utf8(read_to_eof(&mut s)).expect("UTF-8");
     let (banner, who) = got.split_once('\n').expect("a banner line first");
     assert_eq!(banner, format!("{client} via {balancer}"));

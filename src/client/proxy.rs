@@ -7,78 +7,30 @@
 //! it. So it is written on the socket itself once the connect has completed and
 //! before the connection's own machinery writes anything (which for TLS means the
 //! ClientHello rustls holds until the first flush). The addresses a header carries
-//! are described at [`ProxyVersion`].
+//! are described below.
+//!
+//! # Addresses
+//! - `sockloop send`: the source is `--proxy-source`, or the connection's own local
+//!   address; the destination is the server's address.
+//! - `sockloop bench`: connection *n* (reconnections count on, so every connection of a
+//!   run is another *n*) claims to come from its own address in a benchmarking range —
+//!   198.18.0.0/15 (RFC 2544) for an IPv4 server, 2001:2::/48 (RFC 5180) for an IPv6
+//!   one — so the server sees many clients: 131,072 addresses, each with ports from
+//!   1024 up, and the pair repeats only after 8,257,536 connections. The destination is
+//!   the server's address.
+//! - A Unix server has no internet address, and version 1 cannot carry a Unix one. A
+//!   balancer in front of a Unix server reports the client's TCP address, and so do the
+//!   clients: the source as above (for `send` without `--proxy-source`, the address
+//!   bench gives its first connection, 198.18.0.1:1024), the destination the unspecified
+//!   address of the source's family (`0.0.0.0:0`): there was no address to connect to.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
 
-use serde::Serialize;
+pub use crate::proxy::ProxyVersion;
 
 use crate::conn::Connection;
 use crate::stats::Stats;
 use crate::transport::Fault;
-
-/// Which PROXY protocol header a client sends. (A server can also expect either —
-/// [`ProxyProtocol::Any`](crate::proxy::ProxyProtocol::Any) — but a balancer speaks
-/// one.)
-///
-/// # Addresses
-/// - `sockloop send`: the source is `--proxy-source`, or the connection's own local
-///   address; the destination is the server's address.
-/// - `sockloop bench`: connection *n* (reconnections count on, so every connection of a
-///   run is another *n*) claims to come from its own address in a benchmarking range —
-///   198.18.0.0/15 (RFC 2544) for an IPv4 server, 2001:2::/48 (RFC 5180) for an IPv6
-///   one — so the server sees many clients: 131,072 addresses, each with ports from
-///   1024 up, and the pair repeats only after 8,257,536 connections. The destination is
-///   the server's address.
-/// - A Unix server has no internet address, and version 1 cannot carry a Unix one. A
-///   balancer in front of a Unix server reports the client's TCP address, and so do the
-///   clients: the source as above (for `send` without `--proxy-source`, the address
-///   bench gives its first connection, 198.18.0.1:1024), the destination the unspecified
-///   address of the source's family (`0.0.0.0:0`): there was no address to connect to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProxyVersion {
-    /// Version 1, the text line (HAProxy `send-proxy`): at most 107 bytes.
-    V1,
-    /// Version 2, the binary header (HAProxy `send-proxy-v2`, cloud balancers): 28
-    /// bytes for IPv4, 52 for IPv6.
-    V2,
-}
-
-impl ProxyVersion {
-    /// 1 or 2.
-    pub fn number(self) -> u8 {
-        match self {
-            ProxyVersion::V1 => 1,
-            ProxyVersion::V2 => 2,
-        }
-    }
-}
-
-impl FromStr for ProxyVersion {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "v1" => Ok(ProxyVersion::V1),
-            "v2" => Ok(ProxyVersion::V2),
-            _ => Err(format!(
-                "unknown PROXY protocol version '{s}' (expected v1 or v2)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for ProxyVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ProxyVersion::V1 => "v1",
-            ProxyVersion::V2 => "v2",
-        })
-    }
-}
 
 /// Addresses in 198.18.0.0/15.
 const V4_RANGE: u32 = 1 << 17;
@@ -122,7 +74,7 @@ pub(crate) fn header(
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
         SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
     });
-    crate::proxy::encode(version.number(), source, destination)
+    crate::proxy::encode(version, source, destination)
 }
 
 /// A header on its way out: the bytes, and how many the socket has taken.
