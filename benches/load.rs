@@ -151,34 +151,33 @@ fn main() {
     }
 
     let rounds = env("SOCKLOOP_BENCH_ROUNDS", 3.0).max(1.0) as usize;
-    let proxy_scenarios = [
+    let header_scenarios = [
         Scenario::new("header-pp100", 100, 64, 1),
         Scenario {
             reconnect: true,
             ..Scenario::new("header-reconnect", 8, 64, 1)
         },
     ];
-    let chosen: Vec<&Scenario> = proxy_scenarios.iter().filter(|s| wanted(s.name)).collect();
-    if !chosen.is_empty() {
-        println!();
-        println!(
-            "| scenario, round | unit | ?proxy=v2, bench --proxy v2 | plain | with / without header | with p50/p99 µs | without p50/p99 µs | server CPU with / without | client CPU |"
-        );
-        println!("|---|---|---|---|---|---|---|---|---|");
-        for s in chosen {
-            let run = |header: bool| {
-                let server = Server::sockloop_proxied();
-                let (url, proxy) = match (header, &server.proxied) {
-                    (true, Some(u)) => (u.as_str(), Some(ProxyVersion::V2)),
-                    _ => (server.tcp.as_str(), None),
-                };
-                let mut cfg = s.config(url, secs, None);
-                cfg.proxy = proxy;
-                measured(&server, cfg)
+    let chosen: Vec<&Scenario> = header_scenarios.iter().filter(|s| wanted(s.name)).collect();
+    paired_table(
+        &chosen,
+        rounds,
+        [
+            "?proxy=v2, bench --proxy v2",
+            "plain",
+            "with / without header",
+        ],
+        |s, header| {
+            let server = Server::sockloop_proxied();
+            let (url, proxy) = match (header, &server.proxied) {
+                (true, Some(u)) => (u.as_str(), Some(ProxyVersion::V2)),
+                _ => (server.tcp.as_str(), None),
             };
-            compare_rounds(s, rounds, run);
-        }
-    }
+            let mut cfg = s.config(url, secs, None);
+            cfg.proxy = proxy;
+            measured(&server, cfg)
+        },
+    );
 
     let haproxy_scenarios = [
         Scenario::new("haproxy-pp100", 100, 64, 1),
@@ -188,31 +187,26 @@ fn main() {
         .iter()
         .filter(|s| wanted(s.name))
         .collect();
-    if !chosen.is_empty() {
-        println!();
-        println!(
-            "| scenario, round | unit | through HAProxy | direct | through / direct | through p50/p99 µs | direct p50/p99 µs | sockloop CPU through / direct | client CPU |"
-        );
-        println!("|---|---|---|---|---|---|---|---|---|");
-        for s in chosen {
-            let run = |through: bool| {
-                let server = Server::sockloop_proxied();
-                let target = server.proxied.clone().expect("a ?proxy=v2 listener");
-                let haproxy = through.then(|| HaProxy::start(&target));
-                let mut cfg = match &haproxy {
-                    Some(h) => s.config(&h.url, secs, None),
-                    None => {
-                        let mut cfg = s.config(&target, secs, None);
-                        cfg.proxy = Some(ProxyVersion::V2);
-                        cfg
-                    }
-                };
-                cfg.warmup = Duration::from_millis(500);
-                measured(&server, cfg)
+    paired_table(
+        &chosen,
+        rounds,
+        ["through HAProxy", "direct", "through / direct"],
+        |s, through| {
+            let server = Server::sockloop_proxied();
+            let target = server.proxied.clone().expect("a ?proxy=v2 listener");
+            let haproxy = through.then(|| HaProxy::start(&target));
+            let mut cfg = match &haproxy {
+                Some(h) => s.config(&h.url, secs, None),
+                None => {
+                    let mut cfg = s.config(&target, secs, None);
+                    cfg.proxy = Some(ProxyVersion::V2);
+                    cfg
+                }
             };
-            compare_rounds(s, rounds, run);
-        }
-    }
+            cfg.warmup = Duration::from_millis(500);
+            measured(&server, cfg)
+        },
+    );
 
     if filters.is_empty() || filters.iter().any(|f| "hold".contains(f.as_str())) {
         hold_memory(&Server::sockloop(None), hold);
@@ -292,6 +286,28 @@ fn print_row(label: &str, s: &Scenario, a: &(Report, f64, f64), b: &(Report, f64
         a.2,
         b.2
     );
+}
+
+/// A table of `scenarios`, each run as [`compare_rounds`] does; `columns` names the
+/// first run, the second, and their ratio.
+fn paired_table(
+    scenarios: &[&Scenario],
+    rounds: usize,
+    columns: [&str; 3],
+    run: impl Fn(&Scenario, bool) -> (Report, f64, f64),
+) {
+    if scenarios.is_empty() {
+        return;
+    }
+    let [a, b, ratio] = columns;
+    println!();
+    println!(
+        "| scenario, round | unit | {a} | {b} | {ratio} | p50/p99 µs | p50/p99 µs | server CPU | client CPU |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for s in scenarios {
+        compare_rounds(s, rounds, |first| run(s, first));
+    }
 }
 
 /// `rounds` rounds of `run(true)` against `run(false)`, in alternating order so that
