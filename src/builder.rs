@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::conn::Limits;
 use crate::endpoint::Endpoint;
 use crate::event_loop::EventLoop;
+use crate::lifecycle::{Observer, ObserverSlot};
 use crate::proxy::ProxyProtocol;
 use crate::service::Service;
 use crate::socket::{BindOptions, Bound, StdSocket};
@@ -161,6 +162,19 @@ impl Builder {
     /// Sets [`Config::max_outbuf`].
     pub fn max_outbuf(mut self, bytes: usize) -> Self {
         self.config.max_outbuf = bytes;
+        self
+    }
+
+    /// Sets [`Config::drain_delay`].
+    pub fn drain_delay(mut self, d: Duration) -> Self {
+        self.config.drain_delay = d;
+        self
+    }
+
+    /// Tells `observer` when the loop (each loop, with workers) stops being ready,
+    /// begins its shutdown, and what its counters are (see [`Observer`]).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.config.observer = ObserverSlot(Some(observer));
         self
     }
 

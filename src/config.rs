@@ -6,6 +6,8 @@
 use std::io;
 use std::time::Duration;
 
+use crate::lifecycle::ObserverSlot;
+
 /// Size of the loop's read buffer, in bytes. Every read of a connection or a datagram
 /// socket lands in it, so it is also the most input one read hands to a service. Large
 /// enough that one read usually empties the kernel queue of a busy connection, small
@@ -51,6 +53,13 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long a graceful shutdown waits for connections to drain.
     pub shutdown_timeout: Duration,
+    /// On the first SIGTERM/SIGINT, how long to stay up — accepting and serving, but
+    /// reporting not ready — before the graceful shutdown begins, so that a balancer can
+    /// take the server out of rotation first (see [`lifecycle`](crate::lifecycle)).
+    pub drain_delay: Duration,
+    /// Who is told when the loop stops being ready, begins its shutdown, and what its
+    /// counters are (see [`Builder::observer`](crate::Builder::observer)).
+    pub(crate) observer: ObserverSlot,
     /// Handle SIGINT/SIGTERM (graceful shutdown; a second one stops at once) and
     /// SIGUSR1 (log the counters) inside the loop. Off by default: signals belong to
     /// the program, which may want them for itself.
@@ -86,6 +95,8 @@ impl Default for Config {
             linger: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
+            drain_delay: Duration::ZERO,
+            observer: ObserverSlot::default(),
             handle_signals: false,
             reuse_port: false,
             allow_service_ports: false,

@@ -44,6 +44,7 @@ use receive::DatagramState;
 use crate::config::{Config, READ_BUFFER};
 use crate::conn::{Conns, Limits};
 use crate::endpoint::Endpoint;
+use crate::lifecycle::STATUS_INTERVAL;
 use crate::proxy::ProxyProtocol;
 use crate::readiness::Readiness;
 use crate::service::Service;
@@ -121,6 +122,15 @@ pub struct EventLoop<S: Service> {
     signals: Option<Signals>,
     /// Set when shutdown starts: the drain deadline.
     draining_until: Option<Instant>,
+    /// Set at the first signal when there is a drain delay: still serving, not ready,
+    /// until then (see [`lifecycle`](crate::lifecycle)).
+    not_ready_until: Option<Instant>,
+    /// The observer was told the loop is no longer ready.
+    announced_draining: bool,
+    /// When the observer last got the counters, and the event count then (nothing
+    /// new since: nothing to tell).
+    last_status: Instant,
+    status_events: u64,
     finished: bool,
     /// A descriptor held in reserve, given up for a moment to shed connections when
     /// descriptors run out.
@@ -198,6 +208,10 @@ impl<S: Service> EventLoop<S> {
             shared: Shared::new(waker),
             signals,
             draining_until: None,
+            not_ready_until: None,
+            announced_draining: false,
+            last_status: now,
+            status_events: 0,
             finished: false,
             reserve: File::open("/dev/null").ok(),
             last_exhaustion_log: None,
@@ -300,7 +314,9 @@ impl<S: Service> EventLoop<S> {
 
         self.expire();
         self.release_memory();
+        self.check_drain_delay();
         self.check_drained();
+        self.report_status();
         Ok(())
     }
 
@@ -323,8 +339,11 @@ impl<S: Service> EventLoop<S> {
                 }
             }
         }
-        if let Some(t) = self.draining_until {
+        if let Some(t) = self.draining_until.or(self.not_ready_until) {
             consider(t);
+        }
+        if self.config.observer.0.is_some() && self.stats.events != self.status_events {
+            consider(self.last_status + STATUS_INTERVAL);
         }
         if self.freed >= RELEASE_AT {
             consider(self.last_release + RELEASE_INTERVAL);

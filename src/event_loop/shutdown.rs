@@ -8,6 +8,7 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 use super::EventLoop;
 use crate::conn::{Phase, Reason};
+use crate::lifecycle::STATUS_INTERVAL;
 use crate::service::{Context, Service};
 
 impl<S: Service> EventLoop<S> {
@@ -18,7 +19,9 @@ impl<S: Service> EventLoop<S> {
         let got: Vec<i32> = signals.pending().collect();
         for sig in got {
             match sig {
-                SIGINT | SIGTERM if self.draining_until.is_some() => {
+                SIGINT | SIGTERM
+                    if self.draining_until.is_some() || self.not_ready_until.is_some() =>
+                {
                     warn!(
                         "second signal: closing {} connections now",
                         self.conns.len()
@@ -27,7 +30,7 @@ impl<S: Service> EventLoop<S> {
                 }
                 SIGINT | SIGTERM => {
                     let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
-                    self.begin_shutdown(name);
+                    self.begin_drain(name);
                 }
                 SIGUSR1 => match self.worker {
                     Some(w) => info!("stats worker={w} {}", self.stats()),
@@ -38,15 +41,57 @@ impl<S: Service> EventLoop<S> {
         }
     }
 
+    /// The first signal: stop being ready, and shut down once the drain delay has
+    /// passed (at once without one).
+    fn begin_drain(&mut self, why: &str) {
+        let delay = self.config.drain_delay;
+        if delay.is_zero() {
+            self.begin_shutdown(why);
+            return;
+        }
+        self.announce_draining();
+        self.not_ready_until = Some(Instant::now() + delay);
+        info!(
+            "{}{why}: not ready; still accepting and serving for {delay:?}, then shutting down",
+            self.worker_prefix()
+        );
+    }
+
+    /// Tells the observer, once, that the loop is no longer ready.
+    fn announce_draining(&mut self) {
+        if !self.announced_draining {
+            self.announced_draining = true;
+            if let Some(o) = &self.config.observer.0 {
+                o.draining(self.worker, self.config.drain_delay);
+            }
+        }
+    }
+
+    /// The drain delay has passed: the shutdown begins.
+    pub(super) fn check_drain_delay(&mut self) {
+        if self.not_ready_until.is_some_and(|t| self.now >= t) {
+            self.not_ready_until = None;
+            self.begin_shutdown("drain delay over");
+        }
+    }
+
+    fn worker_prefix(&self) -> String {
+        self.worker
+            .map(|w| format!("worker {w}: "))
+            .unwrap_or_default()
+    }
+
     pub(super) fn begin_shutdown(&mut self, why: &str) {
         if self.draining_until.is_some() {
             return;
         }
+        self.not_ready_until = None;
+        self.announce_draining();
+        if let Some(o) = &self.config.observer.0 {
+            o.stopping(self.worker);
+        }
         self.draining_until = Some(Instant::now() + self.config.shutdown_timeout);
-        let worker = self
-            .worker
-            .map(|w| format!("worker {w}: "))
-            .unwrap_or_default();
+        let worker = self.worker_prefix();
         info!(
             "{worker}{why}: closing listeners, draining {} connections (at most {:?})",
             self.conns.len(),
@@ -89,6 +134,24 @@ impl<S: Service> EventLoop<S> {
             self.serve(key);
         }
         self.check_drained();
+    }
+
+    /// Hands the counters to the observer, at most every [`STATUS_INTERVAL`], and only
+    /// when something happened since.
+    pub(super) fn report_status(&mut self) {
+        let Some(o) = &self.config.observer.0 else {
+            return;
+        };
+        // The last figures are always told, when the loop finishes.
+        if !self.finished
+            && (self.stats.events == self.status_events
+                || self.now < self.last_status + STATUS_INTERVAL)
+        {
+            return;
+        }
+        self.status_events = self.stats.events;
+        self.last_status = self.now;
+        o.status(self.worker, &self.stats());
     }
 
     pub(super) fn check_drained(&mut self) {

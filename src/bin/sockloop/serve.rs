@@ -68,6 +68,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     max_outbuf_total: Option<u64>,
 
+    /// On the first SIGTERM/SIGINT, first report not ready (on the metrics listener's
+    /// /readyz, and to systemd) and keep accepting and serving this long, so that a
+    /// load balancer takes the server out of rotation; then shut down gracefully.
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().drain_delay))]
+    drain_delay: Secs,
+
     /// On SIGINT/SIGTERM, wait at most this long for connections to drain.
     #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().shutdown_timeout))]
     shutdown_timeout: Secs,
@@ -255,6 +261,7 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     config.idle_timeout = Some(args.idle_timeout.0).filter(|d| !d.is_zero());
     config.max_outbuf = args.max_outbuf;
     config.shutdown_timeout = args.shutdown_timeout.0;
+    config.drain_delay = args.drain_delay.0;
     config.handshake_timeout = args.handshake_timeout.0;
     config.handle_signals = true;
     config.allow_service_ports = args.allow_service_ports;
