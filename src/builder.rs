@@ -55,6 +55,11 @@ pub struct ListenOptions {
     /// The PROXY protocol header every connection to this stream listener must start
     /// with (see [`crate::proxy`]); `None`: no header.
     pub proxy: Option<ProxyProtocol>,
+    /// Connections of this listener are closed [`Config::handshake_timeout`] after
+    /// their accept, whatever they are doing: for a listener whose connections carry
+    /// one short request each (the metrics listener), so a client that trickles its
+    /// request cannot hold one open.
+    pub short_lived: bool,
 }
 
 impl ListenOptions {
@@ -68,6 +73,12 @@ impl ListenOptions {
     /// authentication); see [`tls::server_config`](crate::tls::server_config).
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
         self.tls = Some(config);
+        self
+    }
+
+    /// Makes the listener short-lived (see [`ListenOptions::short_lived`]).
+    pub fn short_lived(mut self) -> Self {
+        self.short_lived = true;
         self
     }
 
@@ -241,13 +252,13 @@ impl Builder {
                     };
                     let bound = Bound::bind(&ep, opts)?;
                     let local = bound.local_endpoint(&ep)?;
-                    listeners.push((bound, local, options.proxy));
+                    listeners.push((bound, local, options.proxy, options.short_lived));
                 }
                 Listen::Adopt(socket, options) => {
                     let (bound, local) = Bound::adopt(socket, options.tls).map_err(|e| {
                         io::Error::new(e.kind(), format!("cannot serve a given socket: {e}"))
                     })?;
-                    listeners.push((bound, local, options.proxy));
+                    listeners.push((bound, local, options.proxy, options.short_lived));
                 }
             }
         }

@@ -268,6 +268,14 @@ impl<'a> Context<'a> {
         self.conns.local_addr(self.key)
     }
 
+    /// The counters of the loop serving this connection, as they are now (with the
+    /// gauges `active` and `queued_bytes` filled in).
+    pub fn loop_stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        self.conns.fill_gauges(&mut s);
+        s
+    }
+
     /// Bytes written by this connection's service but not yet taken by the socket.
     pub fn queued(&self) -> usize {
         self.conns.queued(self.key)

@@ -8,15 +8,22 @@
 use std::fmt;
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
-        /// Counters of one event loop. Every field is a running total except `active`.
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
+        /// Counters of one event loop. Every field is a running total except the gauges
+        /// `active` and `queued_bytes`.
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct Stats {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[doc = $doc])* pub $name: u64, )*
         }
 
         impl Stats {
+            /// Every counter's name and its description (its doc comment), in the
+            /// order of [`fields`](Self::fields): the help text of the metrics.
+            pub fn descriptions() -> &'static [(&'static str, &'static str)] {
+                &[$( (stringify!($name), concat!($($doc),*)), )*]
+            }
+
             /// Every counter as `(name, value)`, in a fixed order.
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$( (stringify!($name), self.$name), )*]
@@ -39,6 +46,8 @@ counters! {
     closed,
     /// Stream connections open now.
     active,
+    /// Bytes written by services and not yet taken by the sockets, now.
+    queued_bytes,
     /// TLS handshakes completed.
     tls_handshakes,
     /// TLS connections closed on a protocol error: a failed handshake (no or a bad
@@ -86,6 +95,9 @@ counters! {
     events,
     /// Connections closed because they were idle for `--idle-timeout`.
     idle_timeouts,
+    /// Connections of a short-lived listener (the metrics listener: one request each)
+    /// closed because they had not finished within `--handshake-timeout`.
+    request_timeouts,
     /// Connections closed as slow consumers: their unsent output passed `--max-outbuf`,
     /// or they owed the most when the output of all connections passed
     /// `--max-outbuf-total` (those are also counted in `outbuf_evictions`).

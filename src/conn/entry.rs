@@ -75,6 +75,8 @@ pub(crate) enum Reason {
     HandshakeTimeout,
     /// A PROXY protocol header did not complete within `--handshake-timeout`.
     ProxyTimeout,
+    /// A connection of a short-lived listener outlived `--handshake-timeout`.
+    RequestTimeout,
     /// What came where a PROXY protocol header was expected was not one.
     ProxyError(String),
     /// The socket failed: a reset, a broken pipe.
@@ -113,6 +115,7 @@ impl Reason {
             Reason::IdleTimeout => stats.idle_timeouts += 1,
             Reason::HandshakeTimeout => stats.handshake_timeouts += 1,
             Reason::ProxyTimeout => stats.proxy_timeouts += 1,
+            Reason::RequestTimeout => stats.request_timeouts += 1,
             Reason::ProxyError(_) => stats.proxy_errors += 1,
             Reason::SlowConsumer { .. } => stats.slow_consumers += 1,
             Reason::Evicted { .. } => {
@@ -132,6 +135,7 @@ impl fmt::Display for Reason {
             Reason::IdleTimeout => f.write_str("idle timeout"),
             Reason::HandshakeTimeout => f.write_str("TLS handshake timeout"),
             Reason::ProxyTimeout => f.write_str("no complete PROXY header in time"),
+            Reason::RequestTimeout => f.write_str("request not finished in time"),
             Reason::ProxyError(what) => f.write_str(what),
             Reason::SocketError(e) => write!(f, "error: {e}"),
             Reason::TlsError(what) => f.write_str(what),
@@ -186,6 +190,8 @@ impl Flags {
     pub(crate) const WANTS_WRITABLE: u8 = 4;
     /// On the loop's list of connections to serve next turn without an event.
     pub(crate) const READY_LISTED: u8 = 8;
+    /// Of a short-lived listener: the deadline from the accept holds for its whole life.
+    pub(crate) const SHORT_LIVED: u8 = 64;
     /// Which deadline list it is on: none, or a [`Timer`] + 1, in bits 4–5.
     const TIMER_SHIFT: u8 = 4;
     const TIMER_MASK: u8 = 0b11 << Self::TIMER_SHIFT;

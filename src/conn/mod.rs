@@ -200,9 +200,10 @@ impl Conns {
         transport: Transport,
         listener: usize,
         proxy: Option<ProxyProtocol>,
+        short_lived: bool,
     ) -> usize {
         self.next_seq = self.next_seq.wrapping_add(1);
-        let timer = if proxy.is_some() || transport.is_handshaking() {
+        let timer = if proxy.is_some() || short_lived || transport.is_handshaking() {
             Some(Timer::Handshake)
         } else {
             self.idle_timer()
@@ -213,6 +214,7 @@ impl Conns {
         let key = self
             .entries
             .insert(Entry::new(conn, self.next_seq, listener, phase));
+        self.entries[key].flags.set(Flags::SHORT_LIVED, short_lived);
         self.start_timer(key, timer);
         key
     }
@@ -420,7 +422,7 @@ impl Conns {
         if let Some(what) = e.conn.take_established() {
             stats.tls_handshakes += 1;
             debug!("conn {}: TLS established: {what}", e.seq);
-            if e.flags.timer() == Some(Timer::Handshake) {
+            if e.flags.timer() == Some(Timer::Handshake) && !e.flags.has(Flags::SHORT_LIVED) {
                 self.stop_timer(key);
                 self.start_timer(key, self.idle_timer());
             }
@@ -554,8 +556,10 @@ impl Conns {
                 );
             }
         }
-        // A TLS handshake still to come stays on the deadline counted from the accept.
-        if !self.entries[key].conn.transport().is_handshaking() {
+        // A TLS handshake still to come stays on the deadline counted from the accept,
+        // and so does a short-lived connection.
+        let e = &self.entries[key];
+        if !e.conn.transport().is_handshaking() && !e.flags.has(Flags::SHORT_LIVED) {
             self.stop_timer(key);
             self.start_timer(key, self.idle_timer());
         }
@@ -740,8 +744,12 @@ impl Conns {
             (Timer::Handshake, Reason::HandshakeTimeout),
         ] {
             if let Some(key) = self.timers[t as usize].expired(now, &self.entries) {
-                if matches!(self.entries[key].phase, Phase::Header(_)) {
+                let e = &self.entries[key];
+                if matches!(e.phase, Phase::Header(_)) {
                     return Some((key, Reason::ProxyTimeout));
+                }
+                if e.flags.has(Flags::SHORT_LIVED) && !e.conn.transport().is_handshaking() {
+                    return Some((key, Reason::RequestTimeout));
                 }
                 return Some((key, reason));
             }
@@ -760,6 +768,12 @@ impl Conns {
     /// Bytes of output chunks freed since the last call (see `outbox.rs`).
     pub(crate) fn take_freed(&mut self) -> usize {
         self.outboxes.take_freed()
+    }
+
+    /// Sets the counters that say how things are now: connections open, output queued.
+    pub(crate) fn fill_gauges(&self, stats: &mut Stats) {
+        stats.active = self.entries.len() as u64;
+        stats.queued_bytes = self.outboxes.total() as u64;
     }
 
     /// Bytes queued for all connections, and bytes of chunks held (queued or spare).

@@ -27,16 +27,20 @@ pub(super) struct ListenerState {
     pub(super) listener: Listener,
     /// The PROXY protocol header its connections start with, if any.
     proxy: Option<ProxyProtocol>,
+    /// Its connections live at most the handshake timeout (see
+    /// [`ListenOptions::short_lived`](crate::ListenOptions::short_lived)).
+    short_lived: bool,
     /// Not accepting until then: descriptors ran out.
     pub(super) paused_until: Option<Instant>,
     backoff: Duration,
 }
 
 impl ListenerState {
-    pub(super) fn new(listener: Listener, proxy: Option<ProxyProtocol>) -> Self {
+    pub(super) fn new(listener: Listener, proxy: Option<ProxyProtocol>, short_lived: bool) -> Self {
         ListenerState {
             listener,
             proxy,
+            short_lived,
             paused_until: None,
             backoff: BACKOFF_MIN,
         }
@@ -61,8 +65,8 @@ impl<S: Service> EventLoop<S> {
             match l.listener.accept() {
                 Ok((transport, peer)) => {
                     l.backoff = BACKOFF_MIN;
-                    let proxy = l.proxy;
-                    self.admit(i, transport, peer, proxy);
+                    let (proxy, short_lived) = (l.proxy, l.short_lived);
+                    self.admit(i, transport, peer, proxy, short_lived);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.sockets[i].readiness.clear_readable();
@@ -91,12 +95,13 @@ impl<S: Service> EventLoop<S> {
         transport: Transport,
         peer: PeerAddr,
         proxy: Option<ProxyProtocol>,
+        short_lived: bool,
     ) {
         if self.conns.is_full() || self.draining_until.is_some() {
             self.reject(i, transport, &peer);
             return;
         }
-        let key = self.conns.insert(transport, i, proxy);
+        let key = self.conns.insert(transport, i, proxy, short_lived);
         let token = self.conns.token(key);
         if let Err(e) = self.poll.registry().register(
             self.conns.source(key),

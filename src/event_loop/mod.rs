@@ -145,7 +145,7 @@ pub struct EventLoop<S: Service> {
 
 impl<S: Service> EventLoop<S> {
     pub(crate) fn new(
-        sockets: Vec<(Bound, Endpoint, Option<ProxyProtocol>)>,
+        sockets: Vec<(Bound, Endpoint, Option<ProxyProtocol>, bool)>,
         service: S,
         config: Config,
         limits: Limits,
@@ -153,9 +153,11 @@ impl<S: Service> EventLoop<S> {
         let poll = Poll::new()?;
         let mut slots = Vec::with_capacity(sockets.len());
         let mut locals = Vec::with_capacity(sockets.len());
-        for (i, (bound, local, proxy)) in sockets.into_iter().enumerate() {
+        for (i, (bound, local, proxy, short_lived)) in sockets.into_iter().enumerate() {
             let mut kind = match bound {
-                Bound::Listener(l) => SocketKind::Listener(ListenerState::new(l, proxy)),
+                Bound::Listener(l) => {
+                    SocketKind::Listener(ListenerState::new(l, proxy, short_lived))
+                }
                 Bound::Datagram(d) => {
                     SocketKind::Datagram(Box::new(DatagramState::new(d, config.datagram_batch)))
                 }
@@ -249,7 +251,7 @@ impl<S: Service> EventLoop<S> {
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
-        s.active = self.conns.len() as u64;
+        self.conns.fill_gauges(&mut s);
         s
     }
 

@@ -10,6 +10,7 @@ mod chat;
 mod discard;
 mod echo;
 mod line;
+mod metrics;
 mod template;
 mod who;
 
@@ -21,6 +22,7 @@ pub use chat::Chat;
 pub use discard::Discard;
 pub use echo::Echo;
 pub use line::{Line, Partial, SERVER_FULL, TOO_LONG};
+pub use metrics::{MAX_REQUEST, Metrics, MetricsState, Request};
 pub use template::{Template, TemplateError, Vars};
 pub use who::{Who, percent_encode};
 
@@ -106,6 +108,8 @@ pub struct Modes {
     chargen: Chargen,
     who: Who,
     banner: Option<Template>,
+    /// The socket that serves metrics and health over HTTP, if any.
+    metrics: Option<(usize, Metrics)>,
 }
 
 /// The state of one connection under [`Modes`].
@@ -123,6 +127,8 @@ pub enum ModeConn {
     Chargen,
     /// A who connection (no state).
     Who,
+    /// A request to the metrics listener, while it is incomplete.
+    Http(Request),
 }
 
 impl Modes {
@@ -136,6 +142,7 @@ impl Modes {
             chargen: Chargen::new(),
             who: Who::new(),
             banner: None,
+            metrics: None,
         }
     }
 
@@ -145,6 +152,13 @@ impl Modes {
             self.per_socket.resize(socket + 1, None);
         }
         self.per_socket[socket] = Some(mode);
+        self
+    }
+
+    /// Serves metrics and health over HTTP ([`Metrics`]) on bound socket `socket`, a
+    /// stream listener, instead of a mode; no banner is sent there.
+    pub fn metrics(mut self, socket: usize, metrics: Metrics) -> Self {
+        self.metrics = Some((socket, metrics));
         self
     }
 
@@ -176,6 +190,7 @@ impl Modes {
         self.who = self.who.worker(i);
         self.line = self.line.worker(i);
         self.banner = self.banner.map(|t| t.worker(i));
+        self.metrics = self.metrics.map(|(s, m)| (s, m.worker(i)));
         self
     }
 
@@ -198,6 +213,11 @@ impl Service for Modes {
     type State = ModeConn;
 
     fn open(&mut self, ctx: &mut Context<'_>) -> ModeConn {
+        if let Some((socket, m)) = &mut self.metrics {
+            if *socket == ctx.listener() {
+                return ModeConn::Http(m.open(ctx));
+            }
+        }
         if let Some(banner) = &self.banner {
             let mut line = Vec::new();
             banner.expand_for(ctx, &mut line);
@@ -225,6 +245,11 @@ impl Service for Modes {
             ModeConn::Echo => Echo.data(&mut (), data, ctx),
             ModeConn::Line(p) => self.line.data(p, data, ctx),
             ModeConn::Chat(p) => self.chat.data(p, data, ctx),
+            ModeConn::Http(r) => {
+                if let Some((_, m)) = &mut self.metrics {
+                    m.data(r, data, ctx);
+                }
+            }
             ModeConn::Discard | ModeConn::Chargen | ModeConn::Who => {}
         }
     }
@@ -233,6 +258,11 @@ impl Service for Modes {
         match conn {
             ModeConn::Line(p) => self.line.eof(p, ctx),
             ModeConn::Who => self.who.eof(&mut (), ctx),
+            ModeConn::Http(r) => {
+                if let Some((_, m)) = &mut self.metrics {
+                    m.eof(r, ctx);
+                }
+            }
             _ => {}
         }
     }

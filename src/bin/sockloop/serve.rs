@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 use log::{error, info};
 
-use sockloop::services::{DEFAULT_MAX_LINE, Mode, Modes, Template};
+use sockloop::services::{DEFAULT_MAX_LINE, Metrics, MetricsState, Mode, Modes, Template};
 use sockloop::{Builder, Config, Endpoint, ListenOptions, ProxyProtocol, Url, sys, tls};
 
 use crate::Secs;
@@ -67,6 +67,13 @@ pub(crate) struct ServeArgs {
     /// the process may use (its cgroup's limit, else the machine's memory).
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     max_outbuf_total: Option<u64>,
+
+    /// Serve metrics and health over HTTP on this address (tcp://HOST:PORT; port 0
+    /// picks one): GET /metrics (Prometheus text format), /healthz, /readyz (503 from
+    /// the first SIGTERM). Printed after the ready lines as `metrics tcp://HOST:PORT`.
+    /// Off by default.
+    #[arg(long, value_name = "URL", value_parser = parse_metrics)]
+    metrics: Option<Endpoint>,
 
     /// On the first SIGTERM/SIGINT, first report not ready (on the metrics listener's
     /// /readyz, and to systemd) and keep accepting and serving this long, so that a
@@ -205,6 +212,17 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse()
 }
 
+fn parse_metrics(s: &str) -> Result<Endpoint, String> {
+    let url: Url = s.parse().map_err(|e| format!("{e}"))?;
+    match url.endpoint {
+        Endpoint::Tcp(_) if url.query.is_empty() => Ok(url.endpoint),
+        Endpoint::Tcp(_) => Err(format!("'{s}': --metrics takes no ?query")),
+        _ => Err(format!(
+            "'{s}': --metrics serves HTTP on tcp://HOST:PORT only"
+        )),
+    }
+}
+
 fn parse_proxy(s: &str) -> Result<ProxyProtocol, String> {
     s.parse()
 }
@@ -340,6 +358,15 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         service = service.prefix(prefix);
     }
 
+    // The metrics listener comes after every --listen, so their numbering (and the
+    // ready lines) stay as they were; every loop tells the shared state its counters.
+    if let Some(ep) = &args.metrics {
+        let state = MetricsState::new();
+        service = service.metrics(listen.len(), Metrics::new(state.clone()));
+        builder = builder
+            .listen_with(ep.clone(), ListenOptions::default().short_lived())
+            .observer(state);
+    }
     let workers = args.workers as usize;
     if workers > 1 && service.uses(Mode::Chat, listen.len()) {
         eprintln!(
@@ -356,10 +383,15 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         }
     };
 
-    // The ready lines: one per --listen, in order, with the real bound address.
+    // The ready lines: one per --listen, in order, with the real bound address; then
+    // the metrics listener's.
     let mut out = io::stdout().lock();
-    for ep in server.local_addrs() {
-        let _ = writeln!(out, "listening {ep}");
+    for (i, ep) in server.local_addrs().into_iter().enumerate() {
+        if i < listen.len() {
+            let _ = writeln!(out, "listening {ep}");
+        } else {
+            let _ = writeln!(out, "metrics {ep}");
+        }
     }
     if let Err(e) = out.flush() {
         error!("cannot write the ready lines to stdout: {e}");
