@@ -24,9 +24,10 @@ use std::env;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 
@@ -166,15 +167,24 @@ pub const NOTIFY_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Tells systemd about the server's state through `NOTIFY_SOCKET` (`sd_notify(3)`):
 /// `READY=1` once every listener is bound ([`ready`](Self::ready)), `STOPPING=1` when a
-/// drain begins, and `STATUS=` with the connections, summed over the workers, at most
-/// every [`NOTIFY_STATUS_INTERVAL`] and once more at the end
-/// ([`finished`](Self::finished)).
+/// drain begins, and `STATUS=N active connections, M accepted`, summed over the
+/// workers, at most every [`NOTIFY_STATUS_INTERVAL`] and only when it changed, and
+/// once more at the end ([`finished`](Self::finished)).
+///
+/// The loops only hand over their counters; a small thread of the notifier sends the
+/// status line, so that figures that change just before the server goes quiet still
+/// reach systemd within the interval, and a loop never waits on systemd's socket for
+/// them. The thread ends within the interval after the notifier is dropped.
 ///
 /// A message that cannot be sent is logged and dropped: systemd's view of the service
-/// is not worth stopping the server for. Sending never blocks a loop for long (a
-/// 100 ms send timeout).
+/// is not worth stopping the server for. A send waits at most 100 ms.
 #[derive(Debug)]
 pub struct Notifier {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     socket: UnixDatagram,
     addr: UnixAddr,
     state: Mutex<NotifyState>,
@@ -184,8 +194,10 @@ pub struct Notifier {
 struct NotifyState {
     /// The last counters of each worker (index 0 for a loop without workers).
     workers: Vec<Stats>,
+    /// Some loop has handed over counters since the last status line.
+    changed: bool,
     stopping_sent: bool,
-    last_status: Option<(Instant, String)>,
+    last_status: String,
 }
 
 impl Notifier {
@@ -194,32 +206,46 @@ impl Notifier {
     /// service manager that listens.
     ///
     /// # Errors
-    /// An address that is neither a path nor `@name` (such as systemd's `vsock:`), or
-    /// no socket to send from.
+    /// An address that is neither a path nor `@name` (such as systemd's `vsock:`), no
+    /// socket to send from, or no thread for the status lines.
     pub fn from_env() -> io::Result<Option<Notifier>> {
-        let Some(target) = env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) else {
-            return Ok(None);
-        };
-        let addr = notify_addr(&target)?;
+        match env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) {
+            Some(target) => Notifier::new(notify_addr(&target)?).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn new(addr: UnixAddr) -> io::Result<Notifier> {
         let socket = UnixDatagram::unbound()?;
         socket.set_write_timeout(Some(Duration::from_millis(100)))?;
-        Ok(Some(Notifier {
+        let shared = Arc::new(Shared {
             socket,
             addr,
             state: Mutex::new(NotifyState::default()),
-        }))
+        });
+        let weak = Arc::downgrade(&shared);
+        thread::Builder::new()
+            .name("sd-notify".into())
+            .spawn(move || {
+                loop {
+                    thread::sleep(NOTIFY_STATUS_INTERVAL);
+                    match weak.upgrade() {
+                        Some(shared) => shared.send_status(),
+                        None => break,
+                    }
+                }
+            })?;
+        Ok(Notifier { shared })
     }
 
     /// Sends one message: newline-separated `KEY=VALUE` assignments.
     pub fn notify(&self, message: &str) -> io::Result<()> {
-        self.socket
-            .send_to_addr(message.as_bytes(), &self.addr)
-            .map(drop)
+        self.shared.notify(message)
     }
 
     /// `READY=1`, with a status line naming how many listeners are up.
     pub fn ready(&self, listeners: usize) {
-        self.send(&format!(
+        self.shared.send(&format!(
             "READY=1\nSTATUS=serving on {listeners} listener(s)"
         ));
     }
@@ -227,10 +253,18 @@ impl Notifier {
     /// The last figures, whatever the interval: call it after the loop (or the workers)
     /// finished, with the final counters.
     pub fn finished(&self, stats: &Stats) {
-        self.send(&format!(
+        self.shared.send(&format!(
             "STATUS=stopped; {} connections accepted",
             stats.accepted
         ));
+    }
+}
+
+impl Shared {
+    fn notify(&self, message: &str) -> io::Result<()> {
+        self.socket
+            .send_to_addr(message.as_bytes(), &self.addr)
+            .map(drop)
     }
 
     fn send(&self, message: &str) {
@@ -243,34 +277,12 @@ impl Notifier {
         // A panic elsewhere while holding the lock leaves counters only: still usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
 
-impl Observer for Notifier {
-    fn draining(&self, _worker: Option<usize>, delay: Duration) {
+    /// The status line, if the counters changed since the last one.
+    fn send_status(&self) {
         let mut state = self.lock();
-        // With workers every loop drains; systemd is told once.
-        if std::mem::replace(&mut state.stopping_sent, true) {
+        if !std::mem::replace(&mut state.changed, false) {
             return;
-        }
-        drop(state);
-        self.send(&format!(
-            "STOPPING=1\nSTATUS=draining: not ready, serving {:.1} s more, then shutting down",
-            delay.as_secs_f64()
-        ));
-    }
-
-    fn status(&self, worker: Option<usize>, stats: &Stats) {
-        let mut state = self.lock();
-        let i = worker.unwrap_or(0);
-        if state.workers.len() <= i {
-            state.workers.resize(i + 1, Stats::default());
-        }
-        state.workers[i] = stats.clone();
-        let now = Instant::now();
-        if let Some((at, _)) = &state.last_status {
-            if now < *at + NOTIFY_STATUS_INTERVAL {
-                return;
-            }
         }
         let mut total = Stats::default();
         state.workers.iter().for_each(|s| total.add(s));
@@ -278,12 +290,35 @@ impl Observer for Notifier {
             "STATUS={} active connections, {} accepted",
             total.active, total.accepted
         );
-        if state.last_status.as_ref().is_some_and(|(_, t)| *t == text) {
+        if state.last_status == text {
             return;
         }
-        state.last_status = Some((now, text.clone()));
+        state.last_status.clone_from(&text);
         drop(state);
         self.send(&text);
+    }
+}
+
+impl Observer for Notifier {
+    fn draining(&self, _worker: Option<usize>, delay: Duration) {
+        // With workers every loop drains; systemd is told once.
+        if std::mem::replace(&mut self.shared.lock().stopping_sent, true) {
+            return;
+        }
+        self.shared.send(&format!(
+            "STOPPING=1\nSTATUS=draining: not ready, serving {:.1} s more, then shutting down",
+            delay.as_secs_f64()
+        ));
+    }
+
+    fn status(&self, worker: Option<usize>, stats: &Stats) {
+        let mut state = self.shared.lock();
+        let i = worker.unwrap_or(0);
+        if state.workers.len() <= i {
+            state.workers.resize(i + 1, Stats::default());
+        }
+        state.workers[i] = stats.clone();
+        state.changed = true;
     }
 }
 
@@ -320,44 +355,37 @@ mod tests {
     }
 
     #[test]
-    fn status_is_summed_over_workers_and_sent_at_most_once_a_second() {
+    fn status_is_summed_over_workers_sent_by_interval_and_stopping_once() {
         let dir = std::env::temp_dir().join(format!("sockloop-notify-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("n.sock");
         let _ = std::fs::remove_file(&path);
         let rx = UnixDatagram::bind(&path).expect("bind");
-        rx.set_nonblocking(true).expect("nonblocking");
-        let n = Notifier {
-            socket: UnixDatagram::unbound().expect("socket"),
-            addr: UnixAddr::from_pathname(&path).expect("addr"),
-            state: Mutex::new(NotifyState::default()),
-        };
+        rx.set_read_timeout(Some(NOTIFY_STATUS_INTERVAL * 3))
+            .expect("timeout");
+        let n = Notifier::new(UnixAddr::from_pathname(&path).expect("addr")).expect("notifier");
         let s = |active, accepted| Stats {
             active,
             accepted,
             ..Stats::default()
         };
-        n.status(Some(0), &s(2, 5));
-        n.status(Some(1), &s(3, 4)); // within the interval: kept, not sent
-        n.draining(Some(0), Duration::from_secs(1));
-        n.draining(Some(1), Duration::from_secs(1)); // once for all workers
-        let received = || {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 512];
-            while let Ok(len) = rx.recv(&mut buf) {
-                got.push(String::from_utf8_lossy(&buf[..len]).into_owned());
-            }
-            got
+        let mut buf = [0u8; 512];
+        let mut recv = || {
+            let len = rx.recv(&mut buf).expect("a message");
+            String::from_utf8_lossy(&buf[..len]).into_owned()
         };
-        let got = received();
-        assert_eq!(got.len(), 2, "{got:?}");
-        assert_eq!(got[0], "STATUS=2 active connections, 5 accepted");
-        assert!(got[1].starts_with("STOPPING=1\n"), "{got:?}");
-        // Once the interval has passed, the next one sums both workers.
-        n.lock().last_status.as_mut().expect("sent").0 -= NOTIFY_STATUS_INTERVAL;
+        n.status(Some(0), &s(2, 5));
         n.status(Some(1), &s(3, 4));
-        let got = received();
+        n.draining(Some(0), Duration::from_secs(1));
+        n.draining(Some(1), Duration::from_secs(1));
+        assert!(recv().starts_with("STOPPING=1\n"));
+        // Both workers' figures in one line, from the notifier's thread.
+        assert_eq!(recv(), "STATUS=5 active connections, 9 accepted");
+        n.status(Some(1), &s(0, 4));
+        assert_eq!(recv(), "STATUS=2 active connections, 9 accepted");
+        // STOPPING=1 was sent once: nothing else is waiting.
+        rx.set_nonblocking(true).expect("nonblocking");
+        assert!(rx.recv(&mut buf).is_err());
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(got, ["STATUS=5 active connections, 9 accepted"]);
     }
 }
