@@ -273,6 +273,7 @@ pub mod services;
 mod socket;
 pub mod stats;
 pub mod sys;
+pub mod systemd;
 pub mod tls;
 mod token;
 mod transport;

@@ -40,6 +40,20 @@ pub enum StdSocket {
     UnixDatagram(std::os::unix::net::UnixDatagram),
 }
 
+impl StdSocket {
+    /// The address the socket is bound to, as the ready line prints it
+    /// (`tcp://127.0.0.1:5001`, `unix:/run/s.sock`). A Unix socket without a path
+    /// (abstract or unbound) is an error: the loop cannot serve it.
+    pub fn local_endpoint(&self) -> io::Result<Endpoint> {
+        Ok(match self {
+            StdSocket::Tcp(s) => Endpoint::Tcp(s.local_addr()?.into()),
+            StdSocket::Udp(s) => Endpoint::Udp(s.local_addr()?.into()),
+            StdSocket::Unix(s) => Endpoint::Unix(bound_path(s.local_addr()?)?),
+            StdSocket::UnixDatagram(s) => Endpoint::UnixDatagram(bound_path(s.local_addr()?)?),
+        })
+    }
+}
+
 impl From<std::net::TcpListener> for StdSocket {
     fn from(s: std::net::TcpListener) -> Self {
         StdSocket::Tcp(s)

@@ -11,6 +11,7 @@ mod bench;
 mod client_tls;
 mod send;
 mod serve;
+mod systemd;
 
 use std::fmt;
 use std::process::ExitCode;

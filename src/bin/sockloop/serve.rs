@@ -4,14 +4,15 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
 use log::{error, info};
 
 use sockloop::services::{DEFAULT_MAX_LINE, Metrics, MetricsState, Mode, Modes, Template};
-use sockloop::{Builder, Config, Endpoint, ListenOptions, ProxyProtocol, Url, sys, tls};
+use sockloop::{Builder, Config, Endpoint, ListenOptions, Observer, ProxyProtocol, Url, sys, tls};
 
-use crate::Secs;
+use crate::{Secs, systemd};
 
 /// The listeners used when no `--listen` is given: loopback only, binding to all
 /// interfaces is an explicit choice.
@@ -156,6 +157,12 @@ pub(crate) struct ListenArg {
 /// first one counts.
 fn parse_listen(s: &str) -> Result<ListenArg, String> {
     let url: Url = s.parse().map_err(|e| format!("{e}"))?;
+    listen_arg(url, s)
+}
+
+/// A listener's query read with the rules of `--listen`; `s` names it in errors. Also
+/// used for the options of sockets systemd passes (see `systemd.rs`).
+pub(crate) fn listen_arg(url: Url, s: &str) -> Result<ListenArg, String> {
     let mut arg = ListenArg {
         endpoint: url.endpoint,
         mode: None,
@@ -237,6 +244,14 @@ fn parse_template(option: &str, s: Option<&str>) -> Result<Option<Template>, Str
 
 /// Serves until a signal ends it; the exit code as the module says.
 pub(crate) fn run(args: ServeArgs) -> ExitCode {
+    // First, before any thread starts: sockets passed by systemd are listeners too.
+    let mut activation = match systemd::Activation::take() {
+        Ok(a) => a,
+        Err((code, e)) => {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(code);
+        }
+    };
     let nofile = match sys::raise_nofile_limit() {
         Ok(n) => n,
         Err(e) => {
@@ -244,13 +259,14 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let listen = if args.listen.is_empty() {
+    let listen: Vec<ListenArg> = if args.listen.is_empty() && activation.is_empty() {
         DEFAULT_LISTEN
             .iter()
             .map(|u| parse_listen(u).expect("the default listen URLs parse"))
             .collect()
     } else {
-        args.listen
+        // Passed sockets first, in their order, then the --listen ones.
+        activation.listen_args().chain(args.listen).collect()
     };
     // Certificates are read before anything is bound: a bad file is a usage error.
     let wants_tls = listen
@@ -307,8 +323,8 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     }
     let mut service = Modes::new(args.mode).max_line(args.max_line as usize);
     let mut builder = Builder::new().config(config);
-    if let Some(server_tls) = tls_config {
-        builder = builder.tls(server_tls);
+    if let Some(server_tls) = &tls_config {
+        builder = builder.tls(server_tls.clone());
     }
     for (i, l) in listen.iter().enumerate() {
         if let Some(mode) = l.mode {
@@ -326,7 +342,21 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         if let Some(version) = proxy {
             options = options.proxy(version);
         }
-        builder = builder.listen_with(l.endpoint.clone(), options);
+        builder = match activation.socket(i) {
+            Some(socket) => {
+                // An adopted socket serves TLS when its options carry the configuration.
+                if let (Endpoint::Tls(_), Some(c)) = (&l.endpoint, &tls_config) {
+                    options = options.tls(c.clone());
+                }
+                builder.listen_socket_with(socket, options)
+            }
+            None => builder.listen_with(l.endpoint.clone(), options),
+        };
+    }
+    let notifier = systemd::notifier();
+    let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+    if let Some(n) = &notifier {
+        observers.push(n.clone());
     }
 
     let (banner, prefix) = match (
@@ -363,9 +393,11 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     if let Some(ep) = &args.metrics {
         let state = MetricsState::new();
         service = service.metrics(listen.len(), Metrics::new(state.clone()));
-        builder = builder
-            .listen_with(ep.clone(), ListenOptions::default().short_lived())
-            .observer(state);
+        builder = builder.listen_with(ep.clone(), ListenOptions::default().short_lived());
+        observers.push(state);
+    }
+    if !observers.is_empty() {
+        builder = builder.observer(Arc::new(observers));
     }
     let workers = args.workers as usize;
     if workers > 1 && service.uses(Mode::Chat, listen.len()) {
@@ -397,6 +429,9 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         error!("cannot write the ready lines to stdout: {e}");
     }
     drop(out);
+    if let Some(n) = &notifier {
+        n.ready(listen.len());
+    }
     let on = if workers > 1 {
         format!(" on {workers} workers")
     } else {
@@ -414,6 +449,9 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     match server.run() {
         Ok(stats) => {
             info!("stats {stats}");
+            if let Some(n) = &notifier {
+                n.finished(&stats);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
