@@ -10,7 +10,7 @@ use std::fmt;
 macro_rules! counters {
     ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         /// Counters of one event loop. Every field is a running total except the gauges
-        /// `active` and `queued_bytes`.
+        /// `active`, `queued_bytes`, `paused` and `handshaking`.
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct Stats {
@@ -48,6 +48,11 @@ counters! {
     active,
     /// Bytes written by services and not yet taken by the sockets, now.
     queued_bytes,
+    /// Connections not read because their unsent output reached the high-water mark,
+    /// now.
+    paused,
+    /// Connections waiting for their PROXY header or TLS handshake, now.
+    handshaking,
     /// TLS handshakes completed.
     tls_handshakes,
     /// TLS connections closed on a protocol error: a failed handshake (no or a bad

@@ -222,3 +222,26 @@ fn garbage_huge_and_slow_requests_are_refused_and_counted_echo_unaffected() {
     assert_eq!(stats["request_timeouts"], 1, "{stats:?}");
     let _ = TcpStream::connect(server.addr(0));
 }
+
+/// The gauges say how things are now: a client that does not read is paused, one that
+/// has not sent its PROXY header is waiting, and the output queued for them is counted.
+#[test]
+fn gauges_show_paused_and_waiting_connections() {
+    let (server, metrics) =
+        serve_with_metrics(&["tcp://127.0.0.1:0", "tcp://127.0.0.1:0?proxy=v2"], &[]);
+    let _unread = server.flood_unread(8 << 20);
+    let _silent = connect(server.addr(1));
+    wait_until("the silent client to be accepted", || {
+        server.stats()["accepted"] >= 2
+    });
+    let scraped = samples(&get(metrics, "/metrics").1);
+    assert_eq!(scraped["sockloop_paused_connections"], 1);
+    assert_eq!(scraped["sockloop_handshaking_connections"], 1);
+    assert!(scraped["sockloop_queued_output_bytes"] > 0);
+    assert_eq!(
+        scraped["sockloop_active_connections"], 3,
+        "two clients and the scrape"
+    );
+    let stats = server.stats();
+    assert_eq!((stats["paused"], stats["handshaking"]), (1, 1));
+}

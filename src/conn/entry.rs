@@ -192,6 +192,8 @@ impl Flags {
     pub(crate) const READY_LISTED: u8 = 8;
     /// Of a short-lived listener: the deadline from the accept holds for its whole life.
     pub(crate) const SHORT_LIVED: u8 = 64;
+    /// Waiting for its PROXY header or its TLS handshake (counted by the table).
+    pub(crate) const WAITING: u8 = 128;
     /// Which deadline list it is on: none, or a [`Timer`] + 1, in bits 4–5.
     const TIMER_SHIFT: u8 = 4;
     const TIMER_MASK: u8 = 0b11 << Self::TIMER_SHIFT;

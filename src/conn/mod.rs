@@ -112,6 +112,10 @@ pub(crate) struct Conns {
     /// grown only when such a connection arrives, so a loop without them pays
     /// nothing, and one with them no hashing.
     proxy: Vec<Option<Box<ProxyState>>>,
+    /// Connections not read because of backpressure, now.
+    paused: usize,
+    /// Connections waiting for their PROXY header or TLS handshake, now.
+    waiting: usize,
 }
 
 /// What the connection table keeps of a connection's PROXY header.
@@ -154,6 +158,8 @@ impl Conns {
             next_seq: 0,
             over_total: false,
             proxy: Vec::new(),
+            paused: 0,
+            waiting: 0,
         }
     }
 
@@ -208,13 +214,17 @@ impl Conns {
         } else {
             self.idle_timer()
         };
+        let waiting = proxy.is_some() || transport.is_handshaking();
         let phase = proxy.map_or(Phase::Open, Phase::Header);
         let conn = Connection::new(transport, Readiness::WRITABLE);
         let listener = u16::try_from(listener).unwrap_or(u16::MAX);
         let key = self
             .entries
             .insert(Entry::new(conn, self.next_seq, listener, phase));
-        self.entries[key].flags.set(Flags::SHORT_LIVED, short_lived);
+        let flags = &mut self.entries[key].flags;
+        flags.set(Flags::SHORT_LIVED, short_lived);
+        flags.set(Flags::WAITING, waiting);
+        self.waiting += usize::from(waiting);
         self.start_timer(key, timer);
         key
     }
@@ -387,6 +397,7 @@ impl Conns {
         let queued = e.conn.queued(&self.outboxes);
         if e.flags.has(Flags::PAUSED) && queued <= self.limits.low_water {
             e.flags.set(Flags::PAUSED, false);
+            self.paused -= 1;
             stats.backpressure_resumes += 1;
             trace!("conn {}: resume reading, {queued} bytes unsent", e.seq);
         }
@@ -395,6 +406,7 @@ impl Conns {
                 return Step::Read;
             }
             e.flags.set(Flags::PAUSED, true);
+            self.paused += 1;
             stats.backpressure_pauses += 1;
             trace!("conn {}: pause reading, {queued} bytes unsent", e.seq);
         }
@@ -422,6 +434,10 @@ impl Conns {
         if let Some(what) = e.conn.take_established() {
             stats.tls_handshakes += 1;
             debug!("conn {}: TLS established: {what}", e.seq);
+            if e.flags.has(Flags::WAITING) {
+                e.flags.set(Flags::WAITING, false);
+                self.waiting -= 1;
+            }
             if e.flags.timer() == Some(Timer::Handshake) && !e.flags.has(Flags::SHORT_LIVED) {
                 self.stop_timer(key);
                 self.start_timer(key, self.idle_timer());
@@ -558,6 +574,11 @@ impl Conns {
         }
         // A TLS handshake still to come stays on the deadline counted from the accept,
         // and so does a short-lived connection.
+        let e = &mut self.entries[key];
+        if !e.conn.transport().is_handshaking() && e.flags.has(Flags::WAITING) {
+            e.flags.set(Flags::WAITING, false);
+            self.waiting -= 1;
+        }
         let e = &self.entries[key];
         if !e.conn.transport().is_handshaking() && !e.flags.has(Flags::SHORT_LIVED) {
             self.stop_timer(key);
@@ -726,6 +747,9 @@ impl Conns {
     /// takes it out of the poll set).
     pub(crate) fn remove(&mut self, key: usize) -> (ConnId, Connection) {
         self.stop_timer(key);
+        let flags = self.entries[key].flags;
+        self.paused -= usize::from(flags.has(Flags::PAUSED));
+        self.waiting -= usize::from(flags.has(Flags::WAITING));
         if let Some(state) = self.proxy.get_mut(key) {
             *state = None;
         }
@@ -774,6 +798,8 @@ impl Conns {
     pub(crate) fn fill_gauges(&self, stats: &mut Stats) {
         stats.active = self.entries.len() as u64;
         stats.queued_bytes = self.outboxes.total() as u64;
+        stats.paused = self.paused as u64;
+        stats.handshaking = self.waiting as u64;
     }
 
     /// Bytes queued for all connections, and bytes of chunks held (queued or spare).

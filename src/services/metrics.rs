@@ -74,6 +74,8 @@ impl MetricsState {
             match name {
                 "active" => metric(&mut out, "active_connections", "gauge", &help, value),
                 "queued_bytes" => metric(&mut out, "queued_output_bytes", "gauge", &help, value),
+                "paused" => metric(&mut out, "paused_connections", "gauge", &help, value),
+                "handshaking" => metric(&mut out, "handshaking_connections", "gauge", &help, value),
                 _ => metric(&mut out, &format!("{name}_total"), "counter", &help, value),
             }
         }
