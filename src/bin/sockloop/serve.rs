@@ -453,7 +453,10 @@ mod tests {
         use clap::CommandFactory;
         let cli = crate::Cli::command();
         let serve = cli.find_subcommand("serve").expect("serve");
-        for arg in serve.get_arguments().filter(|a| a.get_long() != Some("help")) {
+        for arg in serve
+            .get_arguments()
+            .filter(|a| a.get_long() != Some("help"))
+        {
             let long = arg.get_long().expect("a long option");
             let expected = format!("SOCKLOOP_{}", long.to_uppercase().replace('-', "_"));
             assert_eq!(
