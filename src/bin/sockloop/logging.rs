@@ -19,10 +19,12 @@ use serde_json::Map;
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub(crate) enum LogFormat {
-    /// Text lines, for people.
+    // Plain comments, not doc comments: clap would list documented values in a
+    // "Possible values" block and switch all of `--help` to its long layout.
+    // Text lines, for people.
     #[default]
     Text,
-    /// One JSON object per line, for log collectors.
+    // One JSON object per line, for log collectors.
     Json,
 }
 
