@@ -738,7 +738,13 @@ impl Conns {
                 total,
                 limit,
             };
-            warn!("{}: closing, {reason}", self.describe(key));
+            warn!(
+                conn = self.entries[key].seq,
+                peer = self.peer_addr(key).ok().map(|p| p.to_string()),
+                reason:% = reason;
+                "{}: closing, {reason}",
+                self.describe(key)
+            );
             self.close_asap(key, reason);
         }
     }

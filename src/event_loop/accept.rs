@@ -114,6 +114,9 @@ impl<S: Service> EventLoop<S> {
         }
         self.stats.accepted += 1;
         debug!(
+            conn = self.conns.id(key).seq(),
+            peer:% = peer,
+            listener:% = self.locals[i];
             "conn {}: accepted from {peer} on {}{}",
             self.conns.id(key),
             self.locals[i],

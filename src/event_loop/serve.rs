@@ -197,7 +197,16 @@ impl<S: Service> EventLoop<S> {
     /// Removes connection `key`: counts and logs why it ended, hands its state back to
     /// the service, and closes its socket.
     pub(super) fn finish(&mut self, key: usize, reason: Reason) {
-        debug!("{}: closed ({reason})", self.conns.describe(key));
+        // The fields are for structured logs (the binary's JSON format); the text stays
+        // the message. They are computed only when the record is logged.
+        debug!(
+            conn = self.conns.id(key).seq(),
+            peer = self.conns.peer_addr(key).ok().map(|p| p.to_string()),
+            listener:% = self.locals[self.conns.listener(key)],
+            reason:% = reason;
+            "{}: closed ({reason})",
+            self.conns.describe(key)
+        );
         let (id, conn) = self.conns.remove(key);
         reason.count(&mut self.stats);
         if let Some(state) = self.states.get_mut(key).and_then(Option::take) {

@@ -9,16 +9,19 @@
 
 mod bench;
 mod client_tls;
+mod logging;
 mod send;
 mod serve;
 mod systemd;
 
+use std::ffi::OsString;
 use std::fmt;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use sockloop::Endpoint;
 
@@ -73,13 +76,83 @@ impl FromStr for Secs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match from_environment(&e, std::env::args_os().skip(1).collect()) {
+            Some(line) => {
+                eprintln!("{line}");
+                return ExitCode::from(2);
+            }
+            // Help, version and command-line mistakes as clap shows them (exit 0 or 2).
+            None => e.exit(),
+        },
+    };
+    // The log format is an option of `serve`: the logger starts once it is known.
+    let log_format = match &cli.command {
+        Command::Serve(args) => args.log_format,
+        Command::Send(_) | Command::Bench(_) => logging::LogFormat::Text,
+    };
+    logging::init(log_format);
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Send(args) => send::run(args),
         Command::Bench(args) => bench::run(args),
     }
+}
+
+/// The one-line usage error for a bad value that came from a `SOCKLOOP_*` variable
+/// (`sockloop: invalid value 'nope' for SOCKLOOP_MODE: unknown mode ...`), or `None`
+/// when clap's error is about the command line itself. clap names the option
+/// (`--mode <MODE>`) whichever the source was, and over several lines; whoever set the
+/// variable in a unit file or a container needs the variable's name. A value is the
+/// variable's when its option is not on the command line `args`, since a flag given
+/// there wins and its variable is never read.
+fn from_environment(e: &clap::Error, args: Vec<OsString>) -> Option<String> {
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(shown)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue) else {
+        return None;
+    };
+    // `--mode <MODE>`: the option's name is the first word.
+    let long = shown.split_whitespace().next()?;
+    let cmd = Cli::command();
+    let arg = cmd
+        .get_subcommands()
+        .flat_map(|sub| sub.get_arguments())
+        .find(|a| {
+            a.get_env().is_some() && a.get_long().map(|l| format!("--{l}")).as_deref() == Some(long)
+        })?;
+    let on_command_line = args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == long || a.starts_with(&format!("{long}=")))
+    });
+    if on_command_line {
+        return None;
+    }
+    let var = arg.get_env()?.to_string_lossy();
+    let why = match (e.kind(), e.get(ContextKind::ValidValue)) {
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+            format!("expected one of {}", valid.join(", "))
+        }
+        (ErrorKind::InvalidValue, _) => "a value is required".to_string(),
+        // clap's "value was not a boolean" does not say what would be.
+        _ if !arg.get_action().takes_values() => {
+            "expected true or false (also 1/0, yes/no, on/off)".to_string()
+        }
+        _ => std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "not a valid value".to_string()),
+    };
+    Some(format!(
+        "sockloop: invalid value '{value}' for {var}: {why}"
+    ))
 }
 
 #[cfg(test)]

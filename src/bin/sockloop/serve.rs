@@ -1,6 +1,7 @@
 //! `sockloop serve`: the server. Its options, the checks of its listener URLs, and
 //! the start-up that prints the ready lines and runs the loops.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use log::{error, info};
 use sockloop::services::{DEFAULT_MAX_LINE, Metrics, MetricsState, Mode, Modes, Template};
 use sockloop::{Builder, Config, Endpoint, ListenOptions, Observer, ProxyProtocol, Url, sys, tls};
 
+use crate::logging::LogFormat;
 use crate::{Secs, systemd};
 
 /// The listeners used when no `--listen` is given: loopback only, binding to all
@@ -21,14 +23,17 @@ const DEFAULT_LISTEN: &[&str] = &["tcp://127.0.0.1:5001", "udp://127.0.0.1:5001"
 /// The options of `sockloop serve`.
 #[derive(Args, Debug)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on, repeatable: tcp://HOST:PORT, tls://HOST:PORT,
+    /// Address to listen on, repeatable or comma-separated: tcp://HOST:PORT, tls://HOST:PORT,
     /// udp://HOST:PORT (IPv6 as [::1]:PORT; port 0 picks a free port), unix:PATH,
     /// unixgram:PATH.
     /// `?mode=MODE` overrides --mode for this listener; `?perm=0660` sets a Unix
     /// socket file's permissions; `?proxy=v1|v2|any` (stream listeners) expects a PROXY
     /// protocol header, `?proxy=off` none. Default: tcp://127.0.0.1:5001 and
     /// udp://127.0.0.1:5001.
-    #[arg(long = "listen", value_name = "URL", value_parser = parse_listen)]
+    // The delimiter lets SOCKLOOP_LISTEN hold several URLs; it applies to the flag too
+    // (`--listen A,B`), which costs nothing: no URL takes a comma (queries use `&`).
+    #[arg(long = "listen", value_name = "URL", value_parser = parse_listen,
+          env = "SOCKLOOP_LISTEN", value_delimiter = ',')]
     listen: Vec<ListenArg>,
 
     /// The service: echo (RFC 862), line (echo each complete line; on datagram
@@ -37,102 +42,136 @@ pub(crate) struct ServeArgs {
     /// key=value pairs — peer, via, local, listener, host, worker, conn, tls,
     /// tls_client — then a close; a datagram is answered with it only when at least as
     /// long: pad the request).
-    #[arg(long, value_name = "MODE", default_value = "echo", value_parser = parse_mode)]
+    #[arg(long, value_name = "MODE", default_value = "echo", value_parser = parse_mode,
+          env = "SOCKLOOP_MODE")]
     mode: Mode,
 
     /// Most concurrent stream connections; past it a new one is accepted and closed at
     /// once (line and chat mode first send `ERR server full`). With --workers, each
     /// worker takes an equal share. Default: the descriptor limit less 32.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..),
+          env = "SOCKLOOP_MAX_CONNS")]
     max_conns: Option<u64>,
 
     /// Longest line in line and chat mode, terminator included.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE as u64,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..), env = "SOCKLOOP_MAX_LINE")]
     max_line: u64,
 
     /// Close a connection with no traffic either way for this long; 0 = never.
     #[arg(long, value_name = "SECS",
-          default_value_t = Secs(Config::default().idle_timeout.unwrap_or_default()))]
+          default_value_t = Secs(Config::default().idle_timeout.unwrap_or_default()),
+          env = "SOCKLOOP_IDLE_TIMEOUT")]
     idle_timeout: Secs,
 
     /// A connection whose unsent output passes this is a slow consumer and is closed
     /// (a chat client that does not read what the others say).
     // No range here: Config::validate knows the minimum, and says what it is.
-    #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_outbuf)]
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().max_outbuf,
+          env = "SOCKLOOP_MAX_OUTBUF")]
     max_outbuf: usize,
 
     /// When the unsent output of all connections together passes this, those that owe
     /// the most are closed as slow consumers until it is a tenth below. With
     /// --workers, each worker takes an equal share. Default: a quarter of the memory
     /// the process may use (its cgroup's limit, else the machine's memory).
-    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..),
+          env = "SOCKLOOP_MAX_OUTBUF_TOTAL")]
     max_outbuf_total: Option<u64>,
 
     /// Serve metrics and health over HTTP on this address (tcp://HOST:PORT; port 0
     /// picks one): GET /metrics (Prometheus text format), /healthz, /readyz (503 from
     /// the first SIGTERM). Printed after the ready lines as `metrics tcp://HOST:PORT`.
     /// Off by default.
-    #[arg(long, value_name = "URL", value_parser = parse_metrics)]
+    #[arg(long, value_name = "URL", env = "SOCKLOOP_METRICS", value_parser = parse_metrics)]
     metrics: Option<Endpoint>,
 
     /// On the first SIGTERM/SIGINT, first report not ready (on the metrics listener's
     /// /readyz, and to systemd) and keep accepting and serving this long, so that a
     /// load balancer takes the server out of rotation; then shut down gracefully.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().drain_delay))]
+    #[arg(long, value_name = "SECS", env = "SOCKLOOP_DRAIN_DELAY",
+          default_value_t = Secs(Config::default().drain_delay))]
     drain_delay: Secs,
 
     /// On SIGINT/SIGTERM, wait at most this long for connections to drain.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().shutdown_timeout))]
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().shutdown_timeout),
+          env = "SOCKLOOP_SHUTDOWN_TIMEOUT")]
     shutdown_timeout: Secs,
 
     /// PEM certificate chain for tls:// listeners.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "SOCKLOOP_TLS_CERT"
+    )]
     tls_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "SOCKLOOP_TLS_KEY"
+    )]
     tls_key: Option<PathBuf>,
 
     /// Mutual TLS: require client certificates signed by this CA (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "SOCKLOOP_TLS_CLIENT_CA"
+    )]
     tls_client_ca: Option<PathBuf>,
 
     /// Every stream listener (tcp://, tls://, unix:) expects a PROXY protocol header
     /// from its clients' load balancer, version v1, v2 or either (any), unless its URL
     /// says `?proxy=off`. The header names the real client; without it a connection is
     /// closed.
-    #[arg(long, value_name = "VERSION", value_parser = parse_proxy)]
+    #[arg(long, value_name = "VERSION", value_parser = parse_proxy, env = "SOCKLOOP_PROXY_PROTOCOL")]
     proxy_protocol: Option<ProxyProtocol>,
 
     /// Close a connection whose TLS handshake, or PROXY protocol header, has not
     /// completed this long after accept.
-    #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().handshake_timeout))]
+    #[arg(long, value_name = "SECS", default_value_t = Secs(Config::default().handshake_timeout),
+          env = "SOCKLOOP_HANDSHAKE_TIMEOUT")]
     handshake_timeout: Secs,
 
     /// Answer datagrams from source port 0 and the classic service ports (7, 13, 19,
     /// 37), which are dropped by default so that two servers cannot be made to bounce
-    /// a datagram between them forever.
-    #[arg(long)]
+    /// a datagram between them forever. From the environment: true or false (also 1/0,
+    /// yes/no, on/off).
+    // Boolish: from the environment `1`, `yes`, `on` read as naturally as `true`
+    // (clap's default for a flag takes only `true` and `false`).
+    #[arg(long, env = "SOCKLOOP_ALLOW_SERVICE_PORTS",
+          value_parser = clap::builder::BoolishValueParser::new())]
     allow_service_ports: bool,
 
     /// A line sent to every new stream connection before anything else, in every
     /// mode. Placeholders: {host}, {peer} (the client, after a PROXY header), {via}
     /// (the load balancer; empty without one), {local}, {conn}, {worker},
     /// {env:NAME} (read at start; empty when unset); {{ and }} for braces.
-    #[arg(long, value_name = "TEMPLATE")]
+    #[arg(long, value_name = "TEMPLATE", env = "SOCKLOOP_BANNER")]
     banner: Option<String>,
 
     /// In line mode, put this before every line echoed (exactly its expansion,
     /// nothing added); placeholders as for --banner, expanded once per connection. A
     /// usage error when no listener runs line mode.
-    #[arg(long, value_name = "TEMPLATE")]
+    #[arg(long, value_name = "TEMPLATE", env = "SOCKLOOP_PREFIX")]
     prefix: Option<String>,
+
+    /// Log lines as text (for people) or as JSON, one object per line with the
+    /// structured fields (conn, peer, listener, reason, the counters as numbers); on
+    /// stderr either way, filtered by RUST_LOG.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text,
+          env = "SOCKLOOP_LOG_FORMAT")]
+    pub(crate) log_format: LogFormat,
 
     /// Independent loops on N threads, each with its own SO_REUSEPORT sockets; the
     /// kernel spreads connections and datagrams over them.
     #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u64).range(1..=1024))]
+          value_parser = clap::value_parser!(u64).range(1..=1024), env = "SOCKLOOP_WORKERS")]
     workers: u64,
 }
 
@@ -448,7 +487,9 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
 
     match server.run() {
         Ok(stats) => {
-            info!("stats {stats}");
+            // The counters as a field too, for the JSON log format: a map of numbers.
+            let counters: BTreeMap<_, _> = stats.fields().into_iter().collect();
+            info!(stats:serde = counters; "stats {stats}");
             if let Some(n) = &notifier {
                 n.finished(&stats);
             }
@@ -481,6 +522,27 @@ mod tests {
         let l = parse_listen("udp://127.0.0.1:0?mode=chargen&mode=echo").expect("parses");
         assert_eq!(l.mode, Some(Mode::Chargen));
         assert!(parse_listen("udp://127.0.0.1:0?mode=echo&mode=nope").is_err());
+    }
+
+    /// Every option of `serve` can come from the environment, under the name the README
+    /// promises: an option added without its variable fails here.
+    #[test]
+    fn every_option_has_its_sockloop_variable() {
+        use clap::CommandFactory;
+        let cli = crate::Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve");
+        for arg in serve
+            .get_arguments()
+            .filter(|a| a.get_long() != Some("help"))
+        {
+            let long = arg.get_long().expect("a long option");
+            let expected = format!("SOCKLOOP_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(expected.as_str()),
+                "--{long}"
+            );
+        }
     }
 
     #[test]
