@@ -22,8 +22,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -217,22 +217,24 @@ struct Ports {
 }
 
 impl Ports {
-    /// Ports free on the host's loopback now, the echo one for TCP and UDP both.
+    /// Ports free on the host's loopback now, the echo one for TCP and UDP both,
+    /// and never handed out twice in this process: the tests run in parallel, and
+    /// bind to port 0 may give a port again once its socket is closed.
     fn free() -> Ports {
-        let echo = loop {
+        static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pick = |udp_too: bool| loop {
             let t = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
             let port = t.local_addr().unwrap().port();
-            if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            if !taken.contains(&port)
+                && (!udp_too || UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok())
+            {
+                taken.push(port);
                 break port;
             }
         };
-        let metrics = loop {
-            let t = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-            let port = t.local_addr().unwrap().port();
-            if port != echo {
-                break port;
-            }
-        };
+        let echo = pick(true);
+        let metrics = pick(false);
         Ports { echo, metrics }
     }
 
