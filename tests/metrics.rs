@@ -245,3 +245,28 @@ fn gauges_show_paused_and_waiting_connections() {
     let stats = server.stats();
     assert_eq!((stats["paused"], stats["handshaking"]), (1, 1));
 }
+
+/// A second signal during the drain delay does not wait for it: everything is closed
+/// at once and the server exits.
+#[test]
+fn a_second_signal_during_the_drain_delay_stops_at_once() {
+    let (mut server, metrics) =
+        serve_with_metrics(&["tcp://127.0.0.1:0"], &["--drain-delay", "30"]);
+    let _idle = connect(server.addr(0));
+    server.signal(Signal::SIGTERM);
+    wait_until("/readyz to say 503", || get(metrics, "/readyz").0 == 503);
+    let start = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let status = server.wait();
+    assert!(status.success(), "exit {status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        server.stderr().contains("second signal: closing"),
+        "{}",
+        server.stderr()
+    );
+}
