@@ -477,7 +477,8 @@ fn the_image_is_scratch_with_the_static_binary_a_user_ports_and_a_health_check()
 fn echo_over_tcp_and_udp_through_published_ports_then_sigterm_exits_0() {
     let podman = Podman::new();
     let image = podman.image();
-    // Until the image's SOCKLOOP_LISTEN is read, the addresses are given as flags.
+    // Flags, which win over the image's SOCKLOOP_LISTEN (the default command has a test
+    // of its own): the same addresses, said explicitly.
     let c = Container::run(
         &image,
         &[],
