@@ -9,9 +9,11 @@
 //! - **Reconnect**: a new connection for every message — the accept path under load.
 //!
 //! Every echoed byte is checked against what was sent (`pattern`); a wrong, missing
-//! or extra byte is an error. Connections are opened in batches with back-off, so
-//! thousands can be ramped up without overflowing the server's accept queue. Each of
-//! `threads` threads runs its own poll loop over its share of the connections.
+//! or extra byte is an error. Failures are counted by kind (refused, timed out,
+//! reset, closed early, corrupt; see [`Report`]), and `errors` is their sum.
+//! Connections are opened in batches with back-off, so thousands can be ramped up
+//! without overflowing the server's accept queue. Each of `threads` threads runs its
+//! own poll loop over its share of the connections.
 //!
 //! With `proxy`, every connection starts with a PROXY protocol header naming a client
 //! of its own (see [`ProxyVersion`](crate::client::ProxyVersion)), so a server that
@@ -76,10 +78,11 @@ pub struct BenchConfig {
 
     // Failures by kind.
     /// Streams: a connection whose oldest message has had no complete reply for this
-    /// long is closed and counted in [`Report::timeouts`]; so is a connect (or, in
-    /// `reconnect` mode, a connect and its echo) that takes longer. `None` (the
-    /// default) waits for replies until the end of the drain after the window, so that
-    /// a slow server at a high depth is measured rather than failed. Datagrams use
+    /// long is closed and counted in [`Report::timeouts`]; a connect attempt that
+    /// takes longer is abandoned and counted in [`Report::connect_timeouts`] (while
+    /// ramping up, only once its retries are spent). `None` (the default) waits for
+    /// replies until the end of the drain after the window (5 s), so that a slow
+    /// server at a high depth is measured rather than failed. Datagrams use
     /// [`timeout`](Self::timeout).
     pub stream_timeout: Option<Duration>,
 }
