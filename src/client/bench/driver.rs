@@ -19,7 +19,7 @@ use mio::event::Event;
 use mio::{Events, Interest, Poll};
 
 use super::pattern::Pattern;
-use super::{Share, Tally, Window, messages, ramp, reconnect};
+use super::{Fault as Kind, Share, Tally, Window, messages, ramp, reconnect};
 use crate::client::proxy::{self, Preamble};
 use crate::conn::{Connection, Input, Outboxes};
 use crate::readiness::Readiness;
@@ -215,7 +215,8 @@ impl<'a> Driver<'a> {
             };
             if let Err(e) = sent {
                 lane.alive = false;
-                self.tally.error(|| format!("conn {}: write: {e}", lane.id));
+                self.tally
+                    .fail(kind(&e), || format!("conn {}: write: {e}", lane.id));
             }
             // A TLS client's first flight is held by the transport, waiting for a
             // write: no event will ask for it.
@@ -248,7 +249,8 @@ impl<'a> Driver<'a> {
     fn write_owed(&mut self, lane: &mut Lane) {
         if let Err(e) = lane.conn.flush(&mut self.outboxes, &mut self.stats) {
             lane.alive = false;
-            self.tally.error(|| format!("conn {}: write: {e}", lane.id));
+            self.tally
+                .fail(kind(&e), || format!("conn {}: write: {e}", lane.id));
         }
     }
 
@@ -262,9 +264,13 @@ impl<'a> Driver<'a> {
                 Input::Data(n) => n,
                 Input::Nothing => break,
                 Input::Eof => {
-                    if !lane.since.is_empty() {
+                    // With nothing in flight, a close is only early if more messages
+                    // were still to come on this connection: before the end, unless
+                    // each connection carries one message (reconnect).
+                    let more = !self.share.cfg.reconnect && Instant::now() < window.end;
+                    if !lane.since.is_empty() || more {
                         let outstanding = lane.since.len();
-                        self.tally.error(|| {
+                        self.tally.fail(Kind::EofEarly, || {
                             format!(
                                 "conn {}: closed by the server with {outstanding} messages outstanding",
                                 lane.id
@@ -276,7 +282,8 @@ impl<'a> Driver<'a> {
                 }
                 Input::Failed(f) => {
                     lane.alive = false;
-                    self.tally.error(|| format!("conn {}: read: {f}", lane.id));
+                    self.tally
+                        .fail(kind(&f), || format!("conn {}: read: {f}", lane.id));
                     break;
                 }
             };
@@ -284,8 +291,9 @@ impl<'a> Driver<'a> {
             if lane.received + n as u64 > sent {
                 lane.alive = false;
                 let extra = lane.received + n as u64 - sent;
-                self.tally
-                    .error(|| format!("conn {}: {extra} bytes more than were sent", lane.id));
+                self.tally.fail(Kind::Corrupt, || {
+                    format!("conn {}: {extra} bytes more than were sent", lane.id)
+                });
                 break;
             }
             if !self.pattern.check_stream(
@@ -296,8 +304,9 @@ impl<'a> Driver<'a> {
             ) {
                 lane.alive = false;
                 let at = lane.received;
-                self.tally
-                    .error(|| format!("conn {}: wrong bytes at stream offset {at}", lane.id));
+                self.tally.fail(Kind::Corrupt, || {
+                    format!("conn {}: wrong bytes at stream offset {at}", lane.id)
+                });
                 break;
             }
             lane.received += n as u64;
@@ -317,6 +326,14 @@ impl<'a> Driver<'a> {
     pub(super) fn close(&mut self, mut lane: Lane) {
         lane.conn.transport_mut().say_goodbye();
         lane.conn.drop_output(&mut self.outboxes);
+    }
+}
+
+/// The kind of a failed read or write.
+fn kind(f: &Fault) -> Kind {
+    match f {
+        Fault::Socket(e) => Kind::of_io(e),
+        Fault::Tls(_) => Kind::Other,
     }
 }
 

@@ -1,7 +1,9 @@
 //! The load generator over datagram sockets: each flow is one socket keeping `depth`
 //! datagrams in flight. A reply is matched to its request by content (the sequence
 //! number is mixed into the first bytes), so reordering is fine; a datagram with no
-//! reply within the timeout is counted lost — not an error — and replaced.
+//! reply within the timeout is counted lost — not an error — and replaced. Replies
+//! that come twice, or after a later datagram's, are counted (`duplicated`,
+//! `reordered`), not errors either; a reply that matches nothing sent is `corrupt`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -12,10 +14,11 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 
 use super::pattern::Pattern;
-use super::{Schedule, Share, Tally, Window};
+use super::{Fault, Schedule, Share, Tally, Window};
 use crate::socket::DatagramSocket;
 
-/// Replies to datagrams already declared lost are recognised among this many.
+/// Replies to datagrams already declared lost, or already answered, are recognised
+/// among this many of each.
 const RECENTLY_LOST: usize = 256;
 
 struct Flow {
@@ -24,6 +27,10 @@ struct Flow {
     /// Sequence number, due time (for latency), send time (for the loss timeout).
     outstanding: VecDeque<(u64, Instant, Instant)>,
     recently_lost: VecDeque<u64>,
+    /// The last datagrams answered, to tell a duplicate from a corrupt reply.
+    recently_answered: VecDeque<u64>,
+    /// The highest sequence number answered so far, to tell a reordered reply.
+    highest_answered: Option<u64>,
 }
 
 pub(super) fn run(share: &Share, tally: &mut Tally, ready: &Barrier, window: &Receiver<Window>) {
@@ -56,6 +63,8 @@ fn open_flows(share: &Share, tally: &mut Tally) -> io::Result<(Poll, Vec<Option<
                     next_seq: 0,
                     outstanding: VecDeque::new(),
                     recently_lost: VecDeque::new(),
+                    recently_answered: VecDeque::with_capacity(RECENTLY_LOST + 1),
+                    highest_answered: None,
                 }));
             }
             Err(e) => {
@@ -182,7 +191,15 @@ fn serve(
                     .flatten();
                 match matched {
                     Some(pos) => {
-                        let (_, due, _) = f.outstanding.remove(pos).expect("a position in range");
+                        let (seq, due, _) = f.outstanding.remove(pos).expect("a position in range");
+                        if f.highest_answered.is_some_and(|h| seq < h) {
+                            tally.faults.reordered += 1;
+                        }
+                        f.highest_answered = f.highest_answered.max(Some(seq));
+                        f.recently_answered.push_back(seq);
+                        if f.recently_answered.len() > RECENTLY_LOST {
+                            f.recently_answered.pop_front();
+                        }
                         let done = Instant::now();
                         tally.completed(window, due, done);
                         if open_loop.is_none() && done < window.end {
@@ -190,10 +207,18 @@ fn serve(
                         }
                     }
                     None if n == cfg.size
+                        && f.recently_answered
+                            .iter()
+                            .any(|&seq| pattern.check(id(i), seq, 0, reply)) =>
+                    {
+                        tally.faults.duplicated += 1;
+                    }
+                    // A reply that came after all, too late: already counted lost.
+                    None if n == cfg.size
                         && f.recently_lost
                             .iter()
                             .any(|&seq| pattern.check(id(i), seq, 0, reply)) => {}
-                    None => tally.error(|| {
+                    None => tally.fail(Fault::Corrupt, || {
                         format!("flow {}: a {n}-byte reply matching nothing sent", id(i))
                     }),
                 }

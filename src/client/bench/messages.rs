@@ -10,11 +10,13 @@
 use std::time::{Duration, Instant};
 
 use super::driver::{Driver, Lane};
-use super::{Schedule, Window};
+use super::{Fault, Schedule, Window};
 use crate::token::{self, Target};
 
 pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>]) {
     let depth = d.share.cfg.depth;
+    let stream_timeout = d.share.cfg.stream_timeout;
+    let mut last_scan = Instant::now();
     let mut open_loop = Schedule::new(d.share.rate, window.start);
     if open_loop.is_none() {
         for lane in lanes.iter_mut().flatten() {
@@ -44,6 +46,14 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>
             });
             timeout = schedule.wait(now, window.end, timeout);
         }
+        // Connections whose oldest message is overdue are given up, at most every
+        // 10 ms: a walk over the lanes, kept off the per-message path.
+        if let Some(limit) = stream_timeout {
+            if now.duration_since(last_scan) >= Duration::from_millis(10) {
+                last_scan = now;
+                expire(d, lanes, now, limit);
+            }
+        }
         if !d.poll(timeout) {
             return;
         }
@@ -71,8 +81,35 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>
     for lane in lanes.iter().flatten() {
         if lane.alive && !lane.since.is_empty() {
             let missing = lane.since.len();
-            d.tally
-                .error(|| format!("conn {}: {missing} messages never came back", lane.id));
+            d.tally.fail(Fault::Timeout, || {
+                format!("conn {}: {missing} messages never came back", lane.id)
+            });
+        }
+    }
+}
+
+/// Closes, and counts in `timeouts`, every live lane whose oldest message was issued
+/// (or due) more than `limit` before `now`.
+fn expire(d: &mut Driver<'_>, lanes: &mut [Option<Lane>], now: Instant, limit: Duration) {
+    for slot in lanes.iter_mut() {
+        let overdue = slot.as_ref().is_some_and(|l| {
+            l.alive
+                && l.since
+                    .front()
+                    .is_some_and(|&t| now.saturating_duration_since(t) >= limit)
+        });
+        if !overdue {
+            continue;
+        }
+        if let Some(lane) = slot.take() {
+            let missing = lane.since.len();
+            d.tally.fail(Fault::Timeout, || {
+                format!(
+                    "conn {}: no reply within {limit:?} ({missing} messages in flight)",
+                    lane.id
+                )
+            });
+            d.close(lane);
         }
     }
 }

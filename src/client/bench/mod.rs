@@ -9,9 +9,11 @@
 //! - **Reconnect**: a new connection for every message — the accept path under load.
 //!
 //! Every echoed byte is checked against what was sent (`pattern`); a wrong, missing
-//! or extra byte is an error. Connections are opened in batches with back-off, so
-//! thousands can be ramped up without overflowing the server's accept queue. Each of
-//! `threads` threads runs its own poll loop over its share of the connections.
+//! or extra byte is an error. Failures are counted by kind (refused, timed out,
+//! reset, closed early, corrupt; see [`Report`]), and `errors` is their sum.
+//! Connections are opened in batches with back-off, so thousands can be ramped up
+//! without overflowing the server's accept queue. Each of `threads` threads runs its
+//! own poll loop over its share of the connections.
 //!
 //! With `proxy`, every connection starts with a PROXY protocol header naming a client
 //! of its own (see [`ProxyVersion`](crate::client::ProxyVersion)), so a server that
@@ -73,6 +75,16 @@ pub struct BenchConfig {
     /// only). The header is written while connecting: it is neither echoed nor part of
     /// any latency, except in `reconnect` mode, whose latency runs from the connect.
     pub proxy: Option<crate::client::ProxyVersion>,
+
+    // Failures by kind.
+    /// Streams: a connection whose oldest message has had no complete reply for this
+    /// long is closed and counted in [`Report::timeouts`]; a connect attempt that
+    /// takes longer is abandoned and counted in [`Report::connect_timeouts`] (while
+    /// ramping up, only once its retries are spent). `None` (the default) waits for
+    /// replies until the end of the drain after the window (5 s), so that a slow
+    /// server at a high depth is measured rather than failed. Datagrams use
+    /// [`timeout`](Self::timeout).
+    pub stream_timeout: Option<Duration>,
 }
 
 impl BenchConfig {
@@ -92,6 +104,7 @@ impl BenchConfig {
             progress: std::io::stderr().is_terminal(),
             tls: None,
             proxy: None,
+            stream_timeout: None,
         }
     }
 
@@ -205,6 +218,71 @@ impl Schedule {
     }
 }
 
+/// What went wrong, for [`Tally::fail`]: each kind has a counter of its own in the
+/// [`Report`], whose `errors` is their sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    ConnectRefused,
+    ConnectTimeout,
+    Reset,
+    EofEarly,
+    Timeout,
+    Corrupt,
+    Other,
+}
+
+impl Fault {
+    /// The kind of a failed connect.
+    pub(crate) fn of_connect(e: &io::Error) -> Fault {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => Fault::ConnectRefused,
+            io::ErrorKind::TimedOut => Fault::ConnectTimeout,
+            _ => Fault::Other,
+        }
+    }
+
+    /// The kind of a failed read or write on an established connection.
+    pub(crate) fn of_io(e: &io::Error) -> Fault {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted => Fault::Reset,
+            _ => Fault::Other,
+        }
+    }
+}
+
+/// Failures counted by kind (see the fields of the same names on [`Report`]). Only
+/// touched when something fails: the hot path never sees it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Faults {
+    pub(crate) connect_refused: u64,
+    pub(crate) connect_timeouts: u64,
+    pub(crate) resets: u64,
+    pub(crate) eof_early: u64,
+    pub(crate) timeouts: u64,
+    pub(crate) corrupt: u64,
+    pub(crate) other_errors: u64,
+    /// Datagrams answered twice or more (not errors).
+    pub(crate) duplicated: u64,
+    /// Datagrams answered after a later one of their flow (not errors).
+    pub(crate) reordered: u64,
+}
+
+impl Faults {
+    fn add(&mut self, o: &Faults) {
+        self.connect_refused += o.connect_refused;
+        self.connect_timeouts += o.connect_timeouts;
+        self.resets += o.resets;
+        self.eof_early += o.eof_early;
+        self.timeouts += o.timeouts;
+        self.corrupt += o.corrupt;
+        self.other_errors += o.other_errors;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+    }
+}
+
 /// What one thread measured.
 pub(crate) struct Tally {
     pub(crate) hist: Histogram<u64>,
@@ -217,6 +295,7 @@ pub(crate) struct Tally {
     pub(crate) connected: usize,
     pub(crate) ramp: Duration,
     pub(crate) first_error: Option<String>,
+    pub(crate) faults: Faults,
     /// Of `msgs`, how many the progress line has been told about.
     published: u64,
     live: Arc<Live>,
@@ -233,6 +312,7 @@ impl Tally {
             connected: 0,
             ramp: Duration::ZERO,
             first_error: None,
+            faults: Faults::default(),
             published: 0,
             live,
         }
@@ -250,10 +330,34 @@ impl Tally {
         }
     }
 
-    /// Records an error; the first one is kept for the report.
+    /// Records an error of no particular kind (`other_errors`); the first error is
+    /// kept for the report.
     pub(crate) fn error(&mut self, what: impl FnOnce() -> String) {
-        self.errors += 1;
-        self.live.errors.fetch_add(1, Ordering::Relaxed);
+        self.fail(Fault::Other, what);
+    }
+
+    /// Records an error of kind `kind`; the first error is kept for the report.
+    pub(crate) fn fail(&mut self, kind: Fault, what: impl FnOnce() -> String) {
+        self.fail_n(kind, 1, what);
+    }
+
+    /// Records `n` errors of kind `kind` at once.
+    pub(crate) fn fail_n(&mut self, kind: Fault, n: u64, what: impl FnOnce() -> String) {
+        if n == 0 {
+            return;
+        }
+        let f = &mut self.faults;
+        *match kind {
+            Fault::ConnectRefused => &mut f.connect_refused,
+            Fault::ConnectTimeout => &mut f.connect_timeouts,
+            Fault::Reset => &mut f.resets,
+            Fault::EofEarly => &mut f.eof_early,
+            Fault::Timeout => &mut f.timeouts,
+            Fault::Corrupt => &mut f.corrupt,
+            Fault::Other => &mut f.other_errors,
+        } += n;
+        self.errors += n;
+        self.live.errors.fetch_add(n, Ordering::Relaxed);
         if self.first_error.is_none() {
             self.first_error = Some(what());
         }
@@ -274,6 +378,7 @@ impl Tally {
         self.conns_done += other.conns_done;
         self.errors += other.errors;
         self.lost += other.lost;
+        self.faults.add(&other.faults);
         self.connected += other.connected;
         self.ramp = self.ramp.max(other.ramp);
         if self.first_error.is_none() {

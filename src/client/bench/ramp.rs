@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
+use super::Fault;
 use super::driver::{Driver, Lane, retriable};
 use crate::client::proxy::Preamble;
 use crate::conn::Connection;
@@ -27,6 +28,8 @@ type Attempt = (usize, u32, Instant);
 struct Pending {
     conn: Connection,
     attempt: u32,
+    /// When the attempt started, for the stream timeout.
+    started: Instant,
     /// The connect has completed.
     established: bool,
     /// Once established: the PROXY header, until the socket has taken all of it.
@@ -64,12 +67,28 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
                     connecting[i] = Some(Pending {
                         conn,
                         attempt,
+                        started: now,
                         established: false,
                         header: None,
                     });
                     in_progress += 1;
                 }
                 Err(e) => retry(&mut queue, d, i, attempt, &e, &mut failed),
+            }
+        }
+        // Attempts slower than the stream timeout are abandoned and retried, as a
+        // refused one would be.
+        if let Some(limit) = d.share.cfg.stream_timeout {
+            for (i, slot) in connecting.iter_mut().enumerate() {
+                let late = slot.take_if(|p| p.started.elapsed() >= limit);
+                if let Some(p) = late {
+                    in_progress -= 1;
+                    let e = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("not connected within {limit:?}"),
+                    );
+                    retry(&mut queue, d, i, p.attempt, &e, &mut failed);
+                }
             }
         }
         if !d.poll(Duration::from_millis(10)) {
@@ -127,12 +146,9 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
     }
     d.tally.connected += connected;
     let missing = n - connected - failed;
-    if missing > 0 {
-        d.tally.errors += missing as u64;
-        d.tally.first_error.get_or_insert_with(|| {
-            format!("{missing} connections not established within {TIMEOUT:?}")
-        });
-    }
+    d.tally.fail_n(Fault::ConnectTimeout, missing as u64, || {
+        format!("{missing} connections not established within {TIMEOUT:?}")
+    });
     lanes
 }
 
@@ -150,6 +166,7 @@ fn retry(
         queue.push_back((i, attempt + 1, Instant::now() + backoff));
     } else {
         *failed += 1;
-        d.tally.error(|| format!("connect: {e}"));
+        d.tally
+            .fail(Fault::of_connect(e), || format!("connect: {e}"));
     }
 }

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::Window;
 use super::driver::{Driver, Lane, retriable};
+use super::{Fault, Window};
 use crate::client::proxy::Preamble;
 use crate::socket;
 use crate::token::{self, Target};
@@ -34,13 +34,42 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
         })
         .collect();
     let mut successes = 0u64;
+    // Attempts turned away without being counted as errors: a full accept queue.
     let mut refused = 0u64;
+    let stream_timeout = d.share.cfg.stream_timeout;
     loop {
         let now = Instant::now();
         if now >= window.drain_until
             || (now >= window.end && slots.iter().all(|s| s.lane.is_none()))
         {
             break;
+        }
+        // Connections slower than the stream timeout, to connect or to echo, are
+        // given up; the slot starts over.
+        if let Some(limit) = stream_timeout {
+            for s in slots.iter_mut() {
+                if s.lane.is_none() || now.saturating_duration_since(s.started) < limit {
+                    continue;
+                }
+                let kind = if s.connected {
+                    Fault::Timeout
+                } else {
+                    Fault::ConnectTimeout
+                };
+                if let Some(lane) = s.lane.take() {
+                    d.tally.fail(kind, || {
+                        let what = if s.connected {
+                            "no reply"
+                        } else {
+                            "not connected"
+                        };
+                        format!("conn {}: {what} within {limit:?}", lane.id)
+                    });
+                    d.close(lane);
+                }
+                s.header = None;
+                s.retry_at = Some(now);
+            }
         }
         // Start the connections that are due.
         for (i, s) in slots.iter_mut().enumerate() {
@@ -55,13 +84,9 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                     s.lane = Some(Lane::new(d.share.first + i as u32, conn));
                     s.connected = false;
                 }
-                Err(e) if retriable(&e) => {
-                    refused += 1;
-                    s.retry_at = Some(now + Duration::from_millis(10));
-                }
                 Err(e) => {
-                    d.tally.error(|| format!("connect: {e}"));
-                    s.retry_at = Some(now + Duration::from_millis(100));
+                    let pause = connect_failed(d, &e, &mut refused);
+                    s.retry_at = Some(now + pause);
                 }
             }
         }
@@ -85,15 +110,11 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                     continue;
                 }
                 if let Err(e) = socket::finish_connect(lane.conn.transport()) {
-                    if retriable(&e) {
-                        refused += 1;
-                    } else {
-                        d.tally.error(|| format!("connect: {e}"));
-                    }
+                    let pause = connect_failed(d, &e, &mut refused);
                     if let Some(lane) = s.lane.take() {
                         d.close(lane);
                     }
-                    s.retry_at = Some(Instant::now() + Duration::from_millis(10));
+                    s.retry_at = Some(Instant::now() + pause);
                     continue;
                 }
                 s.connected = true;
@@ -154,8 +175,30 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
         d.put_events(events);
     }
     d.tally.connected = d.share.conns;
-    if successes == 0 {
+    // Only when nothing else says why: the failures already counted do.
+    if successes == 0 && d.tally.errors == 0 {
         d.tally
-            .error(|| format!("no connection succeeded ({refused} attempts refused)"));
+            .error(|| format!("no connection succeeded ({refused} attempts turned away)"));
+    }
+}
+
+/// Counts a failed connect attempt and says how long the slot waits before the next.
+/// Every attempt stands for a message, so a refusal or a timeout is an error each time;
+/// a full accept queue (`EAGAIN` from a Unix listener) or no free local port is the
+/// load itself, retried without counting.
+fn connect_failed(d: &mut Driver<'_>, e: &std::io::Error, busy: &mut u64) -> Duration {
+    match Fault::of_connect(e) {
+        Fault::Other if retriable(e) => {
+            *busy += 1;
+            Duration::from_millis(10)
+        }
+        Fault::Other => {
+            d.tally.error(|| format!("connect: {e}"));
+            Duration::from_millis(100)
+        }
+        kind => {
+            d.tally.fail(kind, || format!("connect: {e}"));
+            Duration::from_millis(10)
+        }
     }
 }

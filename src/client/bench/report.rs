@@ -53,7 +53,9 @@ pub struct Report {
     pub max_us: u64,
     /// The mean.
     pub mean_us: f64,
-    /// Wrong, missing or extra bytes, failed connections, unexpected closes.
+    /// Every failure: the sum of `connect_refused`, `connect_timeouts`, `resets`,
+    /// `eof_early`, `timeouts`, `corrupt` and `other_errors`. Not `lost`,
+    /// `duplicated` or `reordered`: datagrams may be lost, duplicated and reordered.
     pub errors: u64,
     /// Datagrams never answered within the timeout (not errors: datagrams may be lost).
     pub lost: u64,
@@ -61,6 +63,45 @@ pub struct Report {
     pub ramp_secs: f64,
     /// What the first error was.
     pub first_error: Option<String>,
+
+    // Failures by kind. Every one is a count that adds up across runs; the stream
+    // kinds count connections (a connection stops at its first failure), the datagram
+    // ones datagrams.
+    /// Connections given up because the server refused them (`ECONNREFUSED`): while
+    /// ramping up, once per connection whose last attempt was refused after the
+    /// retries with back-off (a refusal that a retry got past is not counted); in
+    /// `reconnect` mode, every refused attempt, since each stands for a message.
+    pub connect_refused: u64,
+    /// Connections given up because connecting took too long: an attempt that does not
+    /// complete within the stream timeout (when set) is abandoned, and retried while
+    /// ramping up; counted, like `connect_refused`, once per connection given up (or
+    /// per attempt in `reconnect` mode); also the connections still not established when
+    /// the ramp-up gives up after 60 s.
+    pub connect_timeouts: u64,
+    /// Established connections that failed with `ECONNRESET`, `EPIPE` or
+    /// `ECONNABORTED` on a read or a write (the server, or something between, reset
+    /// them).
+    pub resets: u64,
+    /// Connections the server closed (a FIN) while messages were in flight on them,
+    /// or, in open loop, before the run ended.
+    pub eof_early: u64,
+    /// Stream connections closed because their oldest message had no complete reply
+    /// within the stream timeout (when set), or still had messages in flight at the
+    /// end of the drain after the window (always).
+    pub timeouts: u64,
+    /// Stream connections closed at the first echoed byte that differs from what was
+    /// sent, or at a byte more than was sent; datagram replies that match nothing sent
+    /// (a wrong byte, a wrong length).
+    pub corrupt: u64,
+    /// Errors of no kind above: other connect or I/O failures, TLS failures, a poll
+    /// that failed, a run where no connection succeeded.
+    pub other_errors: u64,
+    /// Datagrams answered more than once: each reply after the first counts (not an
+    /// error).
+    pub duplicated: u64,
+    /// Datagrams answered after a later datagram of the same flow had been (not an
+    /// error).
+    pub reordered: u64,
 }
 
 impl Report {
@@ -109,7 +150,30 @@ impl Report {
             lost: t.lost,
             ramp_secs: t.ramp.as_secs_f64(),
             first_error: t.first_error.clone(),
+
+            connect_refused: t.faults.connect_refused,
+            connect_timeouts: t.faults.connect_timeouts,
+            resets: t.faults.resets,
+            eof_early: t.faults.eof_early,
+            timeouts: t.faults.timeouts,
+            corrupt: t.faults.corrupt,
+            other_errors: t.faults.other_errors,
+            duplicated: t.faults.duplicated,
+            reordered: t.faults.reordered,
         }
+    }
+
+    /// The error kinds, by name, in the order the text report lists them.
+    pub fn error_kinds(&self) -> [(&'static str, u64); 7] {
+        [
+            ("connect_refused", self.connect_refused),
+            ("connect_timeouts", self.connect_timeouts),
+            ("resets", self.resets),
+            ("eof_early", self.eof_early),
+            ("timeouts", self.timeouts),
+            ("corrupt", self.corrupt),
+            ("other_errors", self.other_errors),
+        ]
     }
 
     /// The report as one line of JSON.
@@ -153,12 +217,32 @@ impl fmt::Display for Report {
             self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us
         )?;
         write!(f, "  errors      {}", self.errors)?;
-        if self.lost > 0 {
-            write!(f, "  (lost datagrams: {})", self.lost)?;
+        write_nonzero(f, &self.error_kinds())?;
+        let datagrams = [
+            ("lost", self.lost),
+            ("duplicated", self.duplicated),
+            ("reordered", self.reordered),
+        ];
+        if datagrams.iter().any(|&(_, n)| n > 0) {
+            write!(f, "\n  datagrams  ")?;
+            write_nonzero(f, &datagrams)?;
         }
         if let Some(e) = &self.first_error {
             write!(f, "\n  first error {e}")?;
         }
         Ok(())
     }
+}
+
+/// ` (name n, name n)` for the non-zero counts; nothing when all are zero.
+fn write_nonzero(f: &mut fmt::Formatter<'_>, counts: &[(&str, u64)]) -> fmt::Result {
+    let mut sep = " (";
+    for &(name, n) in counts.iter().filter(|&&(_, n)| n > 0) {
+        write!(f, "{sep}{name} {n}")?;
+        sep = ", ";
+    }
+    if sep == ", " {
+        write!(f, ")")?;
+    }
+    Ok(())
 }
