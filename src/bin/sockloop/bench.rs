@@ -82,6 +82,14 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "VERSION")]
     proxy: Option<String>,
 
+    /// Streams: replace a connection that fails (after a back-off of 10 ms doubling to
+    /// 1 s) instead of losing it, so the load goes on while servers restart; the
+    /// failure is still counted, and the report adds `replaced` and the longest gap
+    /// without a reply. With --reconnect: go on after failed attempts with the same
+    /// back-off.
+    #[arg(long)]
+    keep_going: bool,
+
     /// Exit 0 even when errors were counted (they are still reported): for runs
     /// against a server that is expected to fail some connections.
     #[arg(long)]
@@ -128,6 +136,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
     cfg.rate = args.rate;
     cfg.reconnect = args.reconnect;
     cfg.threads = args.threads as usize;
+    cfg.keep_going = args.keep_going;
     if let Some(t) = args.timeout {
         cfg.timeout = t;
         cfg.stream_timeout = Some(t);

@@ -49,6 +49,11 @@ pub(super) struct Lane {
     /// When each outstanding message was issued (or due, in open loop), oldest first.
     pub(super) since: VecDeque<Instant>,
     pub(super) alive: bool,
+    /// A TLS connection's connect call, until its handshake is done and its connect
+    /// time recorded.
+    pub(super) handshake_from: Option<Instant>,
+    /// When it was established, until its first reply's time is recorded.
+    pub(super) established: Option<Instant>,
 }
 
 impl Lane {
@@ -60,6 +65,21 @@ impl Lane {
             received: 0,
             since: VecDeque::new(),
             alive: true,
+            handshake_from: None,
+            established: None,
+        }
+    }
+
+    /// Records that the connection started at `started` has connected: for a plain
+    /// stream, now (its connect time is recorded); for TLS, once its handshake is done
+    /// (see [`Driver::serve`]).
+    pub(super) fn connected(&mut self, tally: &mut Tally, started: Instant) {
+        if self.conn.transport().is_tls() {
+            self.handshake_from = Some(started);
+        } else {
+            let now = Instant::now();
+            tally.connect_time(started, now);
+            self.established = Some(now);
         }
     }
 }
@@ -233,7 +253,22 @@ impl<'a> Driver<'a> {
         self.flush(lane);
         let done = self.receive(lane, window);
         self.flush(lane);
+        if lane.handshake_from.is_some() {
+            self.handshake_progress(lane);
+        }
         done
+    }
+
+    /// A TLS lane whose handshake is done gets its connect time recorded.
+    #[cold]
+    fn handshake_progress(&mut self, lane: &mut Lane) {
+        if lane.alive && !lane.conn.transport().is_handshaking() {
+            if let Some(from) = lane.handshake_from.take() {
+                let now = Instant::now();
+                self.tally.connect_time(from, now);
+                lane.established = Some(now);
+            }
+        }
     }
 
     /// Writes what the lane owes, if its socket is writable (the check is all a lane
@@ -314,6 +349,9 @@ impl<'a> Driver<'a> {
             let done = lane.received / size;
             while lane.issued - (lane.since.len() as u64) < done {
                 let since = lane.since.pop_front().expect("an outstanding message");
+                if let Some(established) = lane.established.take() {
+                    self.tally.first_reply(established.max(since), now);
+                }
                 self.tally.completed(window, since, now);
                 completed += 1;
             }

@@ -10,14 +10,46 @@
 use std::time::{Duration, Instant};
 
 use super::driver::{Driver, Lane};
+use super::reconnect::backoff;
 use super::{Fault, Schedule, Window};
+use crate::client::proxy::Preamble;
+use crate::conn::Connection;
+use crate::socket;
 use crate::token::{self, Target};
+
+/// `keep_going`: what a slot whose connection failed is doing about it.
+#[derive(Default)]
+struct Spare {
+    /// Bumped for each replacement and carried in its token, so that events of the
+    /// connection it replaces are not taken for its own.
+    generation: u32,
+    /// Failures in a row, for the back-off; reset by a reply.
+    failures: u32,
+    /// The next attempt is due then.
+    retry_at: Option<Instant>,
+    /// The attempt under way.
+    pending: Option<Pending>,
+}
+
+/// A replacement being connected.
+struct Pending {
+    conn: Connection,
+    started: Instant,
+    established: bool,
+    header: Option<Preamble>,
+}
 
 pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>]) {
     let depth = d.share.cfg.depth;
     let stream_timeout = d.share.cfg.stream_timeout;
     let mut last_scan = Instant::now();
     let mut open_loop = Schedule::new(d.share.rate, window.start);
+    let keep_going = d.share.cfg.keep_going;
+    let mut spares: Vec<Spare> = if keep_going {
+        (0..lanes.len()).map(|_| Spare::default()).collect()
+    } else {
+        Vec::new()
+    };
     if open_loop.is_none() {
         for lane in lanes.iter_mut().flatten() {
             d.issue(lane, depth, Instant::now());
@@ -48,10 +80,14 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>
         }
         // Connections whose oldest message is overdue are given up, at most every
         // 10 ms: a walk over the lanes, kept off the per-message path.
-        if let Some(limit) = stream_timeout {
-            if now.duration_since(last_scan) >= Duration::from_millis(10) {
-                last_scan = now;
+        if now.duration_since(last_scan) >= Duration::from_millis(10) {
+            last_scan = now;
+            if let Some(limit) = stream_timeout {
                 expire(d, lanes, now, limit);
+            }
+            if keep_going {
+                replace(d, window, lanes, &mut spares, now);
+                timeout = timeout.min(Duration::from_millis(10));
             }
         }
         if !d.poll(timeout) {
@@ -59,9 +95,18 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>
         }
         let events = d.take_events();
         for ev in events.iter() {
-            let Target::Conn { key: i, .. } = token::decode(ev.token()) else {
+            let Target::Conn { key: i, seq } = token::decode(ev.token()) else {
                 continue;
             };
+            if let Some(spare) = spares.get_mut(i) {
+                if token::seq_bits(spare.generation) != seq {
+                    continue;
+                }
+                if spare.pending.is_some() {
+                    connecting(d, window, i, ev, &mut lanes[i], spare);
+                    continue;
+                }
+            }
             let Some(lane) = lanes.get_mut(i).and_then(Option::as_mut) else {
                 continue;
             };
@@ -69,6 +114,14 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>
                 continue;
             }
             let done = d.serve(lane, ev, window);
+            if let Some(spare) = spares.get_mut(i) {
+                if done > 0 {
+                    spare.failures = 0;
+                } else if !lane.alive {
+                    lost(d, window, &mut lanes[i], spare);
+                    continue;
+                }
+            }
             if open_loop.is_none() && done > 0 {
                 let now = Instant::now();
                 if now < window.end {
@@ -110,6 +163,136 @@ fn expire(d: &mut Driver<'_>, lanes: &mut [Option<Lane>], now: Instant, limit: D
                 )
             });
             d.close(lane);
+        }
+    }
+}
+
+/// `keep_going`: the failed connection of a slot (already counted in its kind) is
+/// closed, with the messages in flight on it, and a replacement is scheduled after the
+/// back-off — unless the window is over.
+fn lost(d: &mut Driver<'_>, window: &Window, slot: &mut Option<Lane>, spare: &mut Spare) {
+    if let Some(lane) = slot.take() {
+        d.close(lane);
+    }
+    spare.pending = None;
+    let now = Instant::now();
+    if now < window.end {
+        spare.retry_at = Some(now + backoff(spare.failures));
+        spare.failures = spare.failures.saturating_add(1);
+        d.tally.replaced += 1;
+    }
+}
+
+/// `keep_going`, every 10 ms: slots without a live connection (failed, given up by the
+/// stream timeout, or never connected in the ramp-up) get a replacement scheduled, and
+/// the replacements that are due are started.
+fn replace(
+    d: &mut Driver<'_>,
+    window: &Window,
+    lanes: &mut [Option<Lane>],
+    spares: &mut [Spare],
+    now: Instant,
+) {
+    for (i, (slot, spare)) in lanes.iter_mut().zip(spares.iter_mut()).enumerate() {
+        let live = slot.as_ref().is_some_and(|l| l.alive);
+        if live {
+            continue;
+        }
+        if let Some(p) = &spare.pending {
+            // A replacement slower to connect than the stream timeout is given up.
+            let limit = d.share.cfg.stream_timeout;
+            if limit.is_some_and(|l| now.saturating_duration_since(p.started) >= l) {
+                d.tally.fail(Fault::ConnectTimeout, || {
+                    format!(
+                        "conn {}: not connected within {limit:?}",
+                        d.share.first + i as u32
+                    )
+                });
+                lost(d, window, slot, spare);
+            }
+            continue;
+        }
+        match spare.retry_at {
+            None => lost(d, window, slot, spare),
+            Some(t) if t <= now && now < window.end => {
+                spare.retry_at = None;
+                spare.generation = spare.generation.wrapping_add(1);
+                match d.connect(i, spare.generation) {
+                    Ok(conn) => {
+                        spare.pending = Some(Pending {
+                            conn,
+                            started: now,
+                            established: false,
+                            header: None,
+                        })
+                    }
+                    Err(e) => {
+                        d.tally
+                            .fail(Fault::of_connect(&e), || format!("connect: {e}"));
+                        lost(d, window, slot, spare);
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// An event for slot `i`'s replacement under way: once connected (and its PROXY
+/// header, if any, sent) it becomes the slot's lane and, in closed loop, gets its
+/// messages. Its messages start the pattern afresh, as any connection's do.
+fn connecting(
+    d: &mut Driver<'_>,
+    window: &Window,
+    i: usize,
+    ev: &mio::event::Event,
+    slot: &mut Option<Lane>,
+    spare: &mut Spare,
+) {
+    let Some(p) = spare.pending.as_mut() else {
+        return;
+    };
+    let id = d.share.first + i as u32;
+    if !p.established {
+        if !socket::connect_settled(ev) {
+            return;
+        }
+        if let Err(e) = socket::finish_connect(p.conn.transport()) {
+            d.tally
+                .fail(Fault::of_connect(&e), || format!("connect: {e}"));
+            lost(d, window, slot, spare);
+            return;
+        }
+        p.established = true;
+        // Every connection of the run names a client of its own.
+        let n = u64::from(id) + u64::from(spare.generation) * d.share.cfg.conns as u64;
+        p.header = d.proxy_header(n);
+    }
+    p.conn.add_event(ev);
+    let sent = match p.header.as_mut() {
+        Some(h) => d.write_header(&mut p.conn, h),
+        None => Ok(true),
+    };
+    match sent {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Some(p) = spare.pending.take() {
+                let mut lane = Lane::new(id, p.conn);
+                lane.connected(d.tally, p.started);
+                let now = Instant::now();
+                if d.share.rate.is_none() && now < window.end {
+                    d.issue(&mut lane, d.share.cfg.depth, now);
+                }
+                let alive = lane.alive;
+                *slot = Some(lane);
+                if !alive {
+                    lost(d, window, slot, spare);
+                }
+            }
+        }
+        Err(f) => {
+            d.tally.error(|| format!("conn {id}: PROXY header: {f}"));
+            lost(d, window, slot, spare);
         }
     }
 }

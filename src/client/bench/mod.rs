@@ -85,6 +85,16 @@ pub struct BenchConfig {
     /// server at a high depth is measured rather than failed. Datagrams use
     /// [`timeout`](Self::timeout).
     pub stream_timeout: Option<Duration>,
+
+    // Load that survives failures.
+    /// Streams: a connection that fails (any kind) is counted as usual, closed, and
+    /// replaced by a new one after a back-off (10 ms, doubling to 1 s, reset once the
+    /// new connection has echoed a message), so the load goes on while backends
+    /// restart; the messages in flight on it are abandoned as part of that one
+    /// failure. Counted in [`Report::replaced`]. In `reconnect` mode, where every
+    /// message has a connection of its own anyway, a failed attempt is followed by the
+    /// next after the same back-off.
+    pub keep_going: bool,
 }
 
 impl BenchConfig {
@@ -105,6 +115,7 @@ impl BenchConfig {
             tls: None,
             proxy: None,
             stream_timeout: None,
+            keep_going: false,
         }
     }
 
@@ -128,6 +139,13 @@ impl BenchConfig {
         }
         if !self.endpoint.is_stream() && self.proxy.is_some() {
             return bad("--proxy needs a stream address (tcp://, tls://, unix:)".into());
+        }
+        if !self.endpoint.is_stream() && self.keep_going {
+            return bad(
+                "--keep-going needs a stream address (tcp://, tls://, unix:): datagram flows \
+                 carry on past lost datagrams anyway"
+                    .into(),
+            );
         }
         if self.reconnect && self.rate.is_some() {
             return bad("--reconnect and --rate cannot be combined".into());
@@ -296,6 +314,18 @@ pub(crate) struct Tally {
     pub(crate) ramp: Duration,
     pub(crate) first_error: Option<String>,
     pub(crate) faults: Faults,
+    /// Failed connections replaced by new ones (`keep_going`).
+    pub(crate) replaced: u64,
+    /// Connect times (to established; for TLS to handshake done), µs, per connection.
+    pub(crate) connect_hist: Histogram<u64>,
+    /// From established (or the first message, if later) to its first complete reply,
+    /// µs, per connection.
+    pub(crate) first_reply_hist: Histogram<u64>,
+    /// The thread's gaps of at least [`GAP_MIN`] between consecutive completions inside
+    /// the window, oldest first; merged across threads into the run's longest gap.
+    pub(crate) gaps: Vec<(Instant, Instant)>,
+    /// When the thread's last message inside the window completed.
+    pub(crate) last_done: Option<Instant>,
     /// Of `msgs`, how many the progress line has been told about.
     published: u64,
     live: Arc<Live>,
@@ -313,6 +343,13 @@ impl Tally {
             ramp: Duration::ZERO,
             first_error: None,
             faults: Faults::default(),
+            replaced: 0,
+            connect_hist: Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .expect("valid histogram bounds"),
+            first_reply_hist: Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .expect("valid histogram bounds"),
+            gaps: Vec::new(),
+            last_done: None,
             published: 0,
             live,
         }
@@ -369,7 +406,37 @@ impl Tally {
             self.msgs += 1;
             let us = done.saturating_duration_since(since).as_micros() as u64;
             self.hist.saturating_record(us.max(1));
+            // Only gaps long enough to matter are kept, so the list stays short.
+            let last = self.last_done.unwrap_or(window.measure_from);
+            if done.saturating_duration_since(last) >= GAP_MIN {
+                self.gaps.push((last, done));
+            }
+            self.last_done = Some(done);
         }
+    }
+
+    /// Records how long a connection took to connect (for TLS, to finish its
+    /// handshake), from the connect call at `from` to `to`.
+    pub(crate) fn connect_time(&mut self, from: Instant, to: Instant) {
+        let us = to.saturating_duration_since(from).as_micros() as u64;
+        self.connect_hist.saturating_record(us.max(1));
+    }
+
+    /// Records how long a connection took to echo its first message, from `from`.
+    pub(crate) fn first_reply(&mut self, from: Instant, to: Instant) {
+        let us = to.saturating_duration_since(from).as_micros() as u64;
+        self.first_reply_hist.saturating_record(us.max(1));
+    }
+
+    /// The thread's gaps, closed by the one from its last completion to the end of
+    /// the window.
+    fn gaps_until(&mut self, window: &Window) -> Vec<(Instant, Instant)> {
+        let last = self.last_done.unwrap_or(window.measure_from);
+        let mut gaps = std::mem::take(&mut self.gaps);
+        if window.end.saturating_duration_since(last) >= GAP_MIN {
+            gaps.push((last, window.end));
+        }
+        gaps
     }
 
     fn merge(&mut self, other: Tally) {
@@ -379,6 +446,9 @@ impl Tally {
         self.errors += other.errors;
         self.lost += other.lost;
         self.faults.add(&other.faults);
+        self.replaced += other.replaced;
+        let _ = self.connect_hist.add(&other.connect_hist);
+        let _ = self.first_reply_hist.add(&other.first_reply_hist);
         self.connected += other.connected;
         self.ramp = self.ramp.max(other.ramp);
         if self.first_error.is_none() {
@@ -447,13 +517,51 @@ pub fn run(mut cfg: BenchConfig) -> io::Result<Report> {
     progress(&cfg, &live, &window, &handles);
 
     let mut total = Tally::new(live);
+    let mut idle: Option<Vec<(Instant, Instant)>> = None;
     for h in handles {
         match h.join() {
-            Ok(t) => total.merge(t),
+            Ok(mut t) => {
+                let gaps = t.gaps_until(&window);
+                idle = Some(match idle {
+                    None => gaps,
+                    Some(so_far) => intersect(&so_far, &gaps),
+                });
+                total.merge(t);
+            }
             Err(_) => total.error(|| "a client thread panicked".into()),
         }
     }
-    Ok(Report::new(&cfg, threads, &total))
+    let longest_gap = idle
+        .unwrap_or_default()
+        .iter()
+        .map(|&(a, b)| b.saturating_duration_since(a))
+        .max()
+        .unwrap_or(Duration::ZERO);
+    Ok(Report::new(&cfg, threads, &total, longest_gap))
+}
+
+/// Gaps shorter than this between one thread's completions are not kept: the run's
+/// longest gap is exact from this length up, and reported as 0 below it.
+pub(crate) const GAP_MIN: Duration = Duration::from_millis(1);
+
+/// The times that are in a gap of both `a` and `b` (each sorted and disjoint): when
+/// neither thread had a reply, no thread of the two had.
+fn intersect(a: &[(Instant, Instant)], b: &[(Instant, Instant)]) -> Vec<(Instant, Instant)> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < a.len() && j < b.len() {
+        let from = a[i].0.max(b[j].0);
+        let to = a[i].1.min(b[j].1);
+        if from < to {
+            out.push((from, to));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
 }
 
 fn worker(

@@ -32,6 +32,8 @@ struct Pending {
     started: Instant,
     /// The connect has completed.
     established: bool,
+    /// When it did (plain streams: the connect time is recorded then).
+    established_at: Option<Instant>,
     /// Once established: the PROXY header, until the socket has taken all of it.
     header: Option<Preamble>,
 }
@@ -69,6 +71,7 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
                         attempt,
                         started: now,
                         established: false,
+                        established_at: None,
                         header: None,
                     });
                     in_progress += 1;
@@ -115,6 +118,11 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
                     continue;
                 }
                 p.established = true;
+                if !p.conn.transport().is_tls() {
+                    let now = Instant::now();
+                    d.tally.connect_time(p.started, now);
+                    p.established_at = Some(now);
+                }
                 p.header = d.proxy_header(u64::from(id));
             }
             p.conn.add_event(ev);
@@ -129,7 +137,12 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
                     if let Some(p) = connecting[i].take() {
                         in_progress -= 1;
                         connected += 1;
-                        lanes[i] = Some(Lane::new(id, p.conn));
+                        let mut lane = Lane::new(id, p.conn);
+                        lane.established = p.established_at;
+                        if lane.conn.transport().is_tls() {
+                            lane.handshake_from = Some(p.started);
+                        }
+                        lanes[i] = Some(lane);
                     }
                 }
                 Err(fault) => {

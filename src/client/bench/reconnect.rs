@@ -20,6 +20,8 @@ struct Slot {
     retry_at: Option<Instant>,
     /// Once connected: the PROXY header, until the socket has taken all of it.
     header: Option<Preamble>,
+    /// Failed attempts in a row, for the back-off of `keep_going`.
+    failures: u32,
 }
 
 pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
@@ -31,12 +33,14 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
             generation: 0,
             retry_at: Some(Instant::now()),
             header: None,
+            failures: 0,
         })
         .collect();
     let mut successes = 0u64;
     // Attempts turned away without being counted as errors: a full accept queue.
     let mut refused = 0u64;
     let stream_timeout = d.share.cfg.stream_timeout;
+    let keep_going = d.share.cfg.keep_going;
     loop {
         let now = Instant::now();
         if now >= window.drain_until
@@ -69,6 +73,9 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                 }
                 s.header = None;
                 s.retry_at = Some(now);
+                if keep_going {
+                    failed_again(d, s);
+                }
             }
         }
         // Start the connections that are due.
@@ -87,6 +94,9 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                 Err(e) => {
                     let pause = connect_failed(d, &e, &mut refused);
                     s.retry_at = Some(now + pause);
+                    if keep_going {
+                        failed_again(d, s);
+                    }
                 }
             }
         }
@@ -115,9 +125,13 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                         d.close(lane);
                     }
                     s.retry_at = Some(Instant::now() + pause);
+                    if keep_going {
+                        failed_again(d, s);
+                    }
                     continue;
                 }
                 s.connected = true;
+                lane.connected(d.tally, s.started);
                 // Writable now: the header and the message go straight out instead of
                 // into the queue.
                 lane.conn.add_event(ev);
@@ -168,8 +182,19 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                 if let Some(lane) = s.lane.take() {
                     d.close(lane);
                 }
-                let pause = if done { 0 } else { 10 };
-                s.retry_at = Some(Instant::now() + Duration::from_millis(pause));
+                let pause = if done {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(10)
+                };
+                s.retry_at = Some(Instant::now() + pause);
+            }
+            if keep_going {
+                if done {
+                    s.failures = 0;
+                } else if s.lane.is_none() {
+                    failed_again(d, s);
+                }
             }
         }
         d.put_events(events);
@@ -201,4 +226,19 @@ fn connect_failed(d: &mut Driver<'_>, e: &std::io::Error, busy: &mut u64) -> Dur
             Duration::from_millis(10)
         }
     }
+}
+
+/// `keep_going`: a slot whose attempt failed waits longer after each failure in a
+/// row (10 ms doubling to 1 s) before the next attempt, which counts as a replacement.
+fn failed_again(d: &mut Driver<'_>, s: &mut Slot) {
+    let pause = backoff(s.failures);
+    s.failures = s.failures.saturating_add(1);
+    d.tally.replaced += 1;
+    s.retry_at = Some(Instant::now() + pause);
+}
+
+/// The pause before the next attempt after `failures` failures in a row: 10 ms,
+/// doubling up to 1 s.
+pub(super) fn backoff(failures: u32) -> Duration {
+    Duration::from_millis((10u64 << failures.min(7)).min(1000))
 }

@@ -102,10 +102,51 @@ pub struct Report {
     /// Datagrams answered after a later datagram of the same flow had been (not an
     /// error).
     pub reordered: u64,
+
+    // Keeping the load going, and what connecting costs. `replaced` adds up across
+    // runs, `longest_gap_ms` and the maxima combine as maxima; the percentiles are
+    // per run.
+    /// Failed connections that were replaced by a new one (`--keep-going`); the
+    /// failures themselves are counted by kind above. In `reconnect` mode, failed
+    /// attempts that were followed by another.
+    pub replaced: u64,
+    /// The longest time inside the window in which no reply at all arrived, over the
+    /// whole run (all connections, all threads): between two consecutive completed
+    /// messages, or between the window's start or end and the nearest completion. Gaps
+    /// under 1 ms are reported as 0.
+    pub longest_gap_ms: f64,
+    /// Connect time percentiles and maximum, µs, one sample per connection: from the
+    /// connect call to established, and for TLS to the handshake done.
+    pub connect_p50_us: u64,
+    /// 99th percentile.
+    pub connect_p99_us: u64,
+    /// The slowest connect.
+    pub connect_max_us: u64,
+    /// First-reply time percentiles and maximum, µs, one sample per connection: from
+    /// established (or the first message sent, if later) to the first complete reply.
+    pub first_reply_p50_us: u64,
+    /// 99th percentile.
+    pub first_reply_p99_us: u64,
+    /// The slowest first reply.
+    pub first_reply_max_us: u64,
 }
 
 impl Report {
-    pub(super) fn new(cfg: &BenchConfig, threads: usize, t: &Tally) -> Report {
+    pub(super) fn new(
+        cfg: &BenchConfig,
+        threads: usize,
+        t: &Tally,
+        longest_gap: std::time::Duration,
+    ) -> Report {
+        let at = |h: &hdrhistogram::Histogram<u64>, p: f64| {
+            if h.is_empty() {
+                0
+            } else if p >= 1.0 {
+                h.max()
+            } else {
+                h.value_at_quantile(p)
+            }
+        };
         let secs = cfg.duration.as_secs_f64();
         let q = |p: f64| {
             if t.hist.is_empty() {
@@ -160,6 +201,15 @@ impl Report {
             other_errors: t.faults.other_errors,
             duplicated: t.faults.duplicated,
             reordered: t.faults.reordered,
+
+            replaced: t.replaced,
+            longest_gap_ms: longest_gap.as_secs_f64() * 1e3,
+            connect_p50_us: at(&t.connect_hist, 0.50),
+            connect_p99_us: at(&t.connect_hist, 0.99),
+            connect_max_us: at(&t.connect_hist, 1.0),
+            first_reply_p50_us: at(&t.first_reply_hist, 0.50),
+            first_reply_p99_us: at(&t.first_reply_hist, 0.99),
+            first_reply_max_us: at(&t.first_reply_hist, 1.0),
         }
     }
 
@@ -215,6 +265,21 @@ impl fmt::Display for Report {
             f,
             "  latency µs  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us
+        )?;
+        writeln!(
+            f,
+            "  connect µs  p50 {}  p99 {}  max {}   first reply µs  p50 {}  p99 {}  max {}",
+            self.connect_p50_us,
+            self.connect_p99_us,
+            self.connect_max_us,
+            self.first_reply_p50_us,
+            self.first_reply_p99_us,
+            self.first_reply_max_us
+        )?;
+        writeln!(
+            f,
+            "  continuity  {} connections replaced, longest gap without a reply {:.1} ms",
+            self.replaced, self.longest_gap_ms
         )?;
         write!(f, "  errors      {}", self.errors)?;
         write_nonzero(f, &self.error_kinds())?;
