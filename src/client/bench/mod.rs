@@ -622,3 +622,23 @@ fn progress(
         let _ = write!(io::stderr(), "\r{:80}\r", "");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_wide_gap_is_where_every_thread_was_idle() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        // Thread a idle 0–100 and 200–500; thread b idle 50–300 and 400–450.
+        let a = [(ms(0), ms(100)), (ms(200), ms(500))];
+        let b = [(ms(50), ms(300)), (ms(400), ms(450))];
+        let both = intersect(&a, &b);
+        assert_eq!(
+            both,
+            vec![(ms(50), ms(100)), (ms(200), ms(300)), (ms(400), ms(450))]
+        );
+        assert!(intersect(&a, &[]).is_empty());
+    }
+}

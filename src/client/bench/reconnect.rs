@@ -74,7 +74,7 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                 s.header = None;
                 s.retry_at = Some(now);
                 if keep_going {
-                    failed_again(d, s);
+                    failed_again(d, s, window);
                 }
             }
         }
@@ -95,7 +95,7 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                     let pause = connect_failed(d, &e, &mut refused);
                     s.retry_at = Some(now + pause);
                     if keep_going {
-                        failed_again(d, s);
+                        failed_again(d, s, window);
                     }
                 }
             }
@@ -126,7 +126,7 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                     }
                     s.retry_at = Some(Instant::now() + pause);
                     if keep_going {
-                        failed_again(d, s);
+                        failed_again(d, s, window);
                     }
                     continue;
                 }
@@ -193,7 +193,7 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                 if done {
                     s.failures = 0;
                 } else if s.lane.is_none() {
-                    failed_again(d, s);
+                    failed_again(d, s, window);
                 }
             }
         }
@@ -230,11 +230,15 @@ fn connect_failed(d: &mut Driver<'_>, e: &std::io::Error, busy: &mut u64) -> Dur
 
 /// `keep_going`: a slot whose attempt failed waits longer after each failure in a
 /// row (10 ms doubling to 1 s) before the next attempt, which counts as a replacement.
-fn failed_again(d: &mut Driver<'_>, s: &mut Slot) {
+/// After the window no new attempt starts, so nothing is replaced then.
+fn failed_again(d: &mut Driver<'_>, s: &mut Slot, window: &Window) {
     let pause = backoff(s.failures);
     s.failures = s.failures.saturating_add(1);
-    d.tally.replaced += 1;
-    s.retry_at = Some(Instant::now() + pause);
+    let now = Instant::now();
+    if now < window.end {
+        d.tally.replaced += 1;
+    }
+    s.retry_at = Some(now + pause);
 }
 
 /// The pause before the next attempt after `failures` failures in a row: 10 ms,
