@@ -11,6 +11,10 @@
 //! Every echoed byte is checked against what was sent (`pattern`); a wrong, missing
 //! or extra byte is an error. Failures are counted by kind (refused, timed out,
 //! reset, closed early, corrupt; see [`Report`]), and `errors` is their sum.
+//! With `keep_going`, a failed stream connection is counted and replaced after a
+//! back-off, so the load goes on while servers restart; the report says how many were
+//! replaced and the longest time in which no reply at all arrived. Each connection's
+//! connect time and first-reply time are recorded once, off the per-message path.
 //! Connections are opened in batches with back-off, so thousands can be ramped up
 //! without overflowing the server's accept queue. Each of `threads` threads runs its
 //! own poll loop over its share of the connections.
