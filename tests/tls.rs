@@ -569,6 +569,10 @@ fn sockloop_bench_over_tls_checks_every_byte() {
         let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
         assert_eq!(report["errors"], 0, "{stdout}");
         assert!(report["msgs"].as_u64().unwrap() > 0, "{stdout}");
+        // Connect time runs to the handshake done; the first reply from then on.
+        for key in ["connect_max_us", "first_reply_max_us"] {
+            assert!(report[key].as_u64().unwrap() > 0, "{key}: {stdout}");
+        }
     }
 }
 
