@@ -1,19 +1,28 @@
 //! What a benchmark run found, for people (`Display`) and for programs (JSON).
 
 use std::fmt;
+use std::io;
 
-use serde::Serialize;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{
+    Deserializer as HistogramReader, Serializer, V2DeflateSerializer,
+};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{BenchConfig, Tally};
 use crate::client::ProxyVersion;
 
-/// The result of a [`run`](super::run). Serialises to the object `--json` prints.
-#[derive(Clone, Debug, Serialize)]
+/// The result of a [`run`](super::run), or of several merged ([`merge`](super::merge)).
+/// Serialises to the object `--json` prints, and reads back from it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Report {
     /// The server measured.
     pub url: String,
     /// `closed`, `open` or `reconnect`.
+    #[serde(deserialize_with = "known_mode")]
     pub mode: &'static str,
     /// Connections (or datagram flows) asked for.
     pub conns: usize,
@@ -61,10 +70,111 @@ pub struct Report {
     pub ramp_secs: f64,
     /// What the first error was.
     pub first_error: Option<String>,
+
+    // What it takes to merge runs from many hosts exactly (`sockloop bench merge`):
+    // the whole histogram rather than its percentiles, and when, where and how the
+    // run was made.
+    /// The latency of every message counted, µs: HdrHistogram's V2 compressed
+    /// encoding (`V2DeflateSerializer`), in base64 (standard alphabet, padded).
+    pub histogram: String,
+    /// The histogram's lowest discernible value, µs.
+    pub histogram_lowest_us: u64,
+    /// The histogram's highest trackable value, µs (slower messages are recorded as this).
+    pub histogram_highest_us: u64,
+    /// The histogram's significant decimal digits.
+    pub histogram_sigfig: u8,
+    /// The measured window's start, seconds since the Unix epoch (merged: the latest start).
+    pub start_unix: f64,
+    /// The measured window's end, seconds since the Unix epoch (merged: the earliest end).
+    pub end_unix: f64,
+    /// The host the generator ran on (merged: every distinct host, comma-separated).
+    pub host: String,
+    /// The server measured, as given (the same as `url`).
+    pub target: String,
+    /// The options the generator ran with (merged: those of the first run).
+    pub options: RunOptions,
+    /// How many runs this report stands for: 1, or how many were merged.
+    pub runs: u64,
+}
+
+/// The options of one generator: what decides whether two runs measured the same thing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// `closed`, `open` or `reconnect`.
+    #[serde(deserialize_with = "known_mode")]
+    pub mode: &'static str,
+    /// Bytes per message.
+    pub size: usize,
+    /// Messages in flight per connection.
+    pub depth: usize,
+    /// Connections (or datagram flows).
+    pub conns: usize,
+    /// Client threads.
+    pub threads: usize,
+    /// The open-loop rate, messages per second.
+    pub rate: Option<f64>,
+    /// The PROXY protocol header sent, if any.
+    pub proxy: Option<ProxyVersion>,
+    /// The measured window asked for, seconds.
+    pub secs: f64,
+    /// The warm-up asked for, seconds.
+    pub warmup_secs: f64,
+    /// Datagrams: how long before one is counted lost, seconds.
+    pub timeout_secs: f64,
+    /// The start asked for (`--start-at`, `--start-in`), seconds since the Unix epoch.
+    pub start_at: Option<f64>,
+}
+
+/// `mode` is a `&'static str`, one of a known few: reading one back maps it to them.
+fn known_mode<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let s = String::deserialize(d)?;
+    mode_named(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown mode '{s}' (expected closed, open or reconnect)"
+        ))
+    })
+}
+
+pub(super) fn mode_named(s: &str) -> Option<&'static str> {
+    ["closed", "open", "reconnect"]
+        .into_iter()
+        .find(|m| *m == s)
+}
+
+/// When the measured window was, by the wall clock, seconds since the Unix epoch.
+pub(super) struct WallWindow {
+    pub(super) start_unix: f64,
+    pub(super) end_unix: f64,
+}
+
+/// `h` as the `histogram` field holds it.
+pub(super) fn encode_histogram(h: &Histogram<u64>) -> io::Result<String> {
+    let mut bytes = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut bytes)
+        .map_err(|e| io::Error::other(format!("cannot encode the latency histogram: {e:?}")))?;
+    Ok(BASE64.encode(bytes))
+}
+
+/// The histogram a `histogram` field holds.
+pub(super) fn decode_histogram(s: &str) -> io::Result<Histogram<u64>> {
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let bytes = BASE64
+        .decode(s.trim())
+        .map_err(|e| bad(format!("the histogram is not base64: {e}")))?;
+    HistogramReader::new()
+        .deserialize(&mut &bytes[..])
+        .map_err(|e| bad(format!("the histogram cannot be decoded: {e:?}")))
 }
 
 impl Report {
-    pub(super) fn new(cfg: &BenchConfig, threads: usize, t: &Tally) -> Report {
+    pub(super) fn new(
+        cfg: &BenchConfig,
+        threads: usize,
+        t: &Tally,
+        wall: &WallWindow,
+    ) -> io::Result<Report> {
         let secs = cfg.duration.as_secs_f64();
         let q = |p: f64| {
             if t.hist.is_empty() {
@@ -73,15 +183,16 @@ impl Report {
                 t.hist.value_at_quantile(p)
             }
         };
-        Report {
+        let mode = if cfg.reconnect {
+            "reconnect"
+        } else if cfg.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        };
+        Ok(Report {
             url: cfg.endpoint.to_string(),
-            mode: if cfg.reconnect {
-                "reconnect"
-            } else if cfg.rate.is_some() {
-                "open"
-            } else {
-                "closed"
-            },
+            mode,
             conns: cfg.conns,
             connected: t.connected,
             threads,
@@ -109,12 +220,50 @@ impl Report {
             lost: t.lost,
             ramp_secs: t.ramp.as_secs_f64(),
             first_error: t.first_error.clone(),
-        }
+
+            histogram: encode_histogram(&t.hist)?,
+            histogram_lowest_us: t.hist.low(),
+            histogram_highest_us: t.hist.high(),
+            histogram_sigfig: t.hist.sigfig(),
+            start_unix: wall.start_unix,
+            end_unix: wall.end_unix,
+            host: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            target: cfg.endpoint.to_string(),
+            options: RunOptions {
+                mode,
+                size: cfg.size,
+                depth: cfg.depth,
+                conns: cfg.conns,
+                threads,
+                rate: cfg.rate,
+                proxy: cfg.proxy,
+                secs,
+                warmup_secs: cfg.warmup.as_secs_f64(),
+                timeout_secs: cfg.timeout.as_secs_f64(),
+                start_at: cfg.start_at.map(unix_secs),
+            },
+            runs: 1,
+        })
+    }
+
+    /// The latency histogram the report carries, decoded.
+    pub(super) fn latencies(&self) -> io::Result<Histogram<u64>> {
+        decode_histogram(&self.histogram)
     }
 
     /// The report as one line of JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a report always serialises")
+    }
+}
+
+/// `t` in seconds since the Unix epoch (negative before it).
+pub(super) fn unix_secs(t: std::time::SystemTime) -> f64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
     }
 }
 
@@ -152,6 +301,13 @@ impl fmt::Display for Report {
             "  latency µs  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us
         )?;
+        if self.runs > 1 {
+            writeln!(
+                f,
+                "  merged      {} runs on {}, windows overlapping {:.2} s",
+                self.runs, self.host, self.secs
+            )?;
+        }
         write!(f, "  errors      {}", self.errors)?;
         if self.lost > 0 {
             write!(f, "  (lost datagrams: {})", self.lost)?;
