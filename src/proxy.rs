@@ -30,7 +30,7 @@ use std::str::FromStr;
 
 use ppp::PartialResult;
 use ppp::v2::{self, TypeLengthValues};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::transport::PeerAddr;
 
@@ -46,7 +46,7 @@ pub const MAX_V1_HEADER: usize = 107;
 /// server can also expect either, [`ProxyProtocol::Any`], but a balancer speaks one.)
 /// The addresses `sockloop send` and `sockloop bench` put in it are described in
 /// `client/proxy.rs` and the README.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyVersion {
     /// Version 1, the text line (HAProxy `send-proxy`): at most 107 bytes.

@@ -179,6 +179,10 @@ impl Podman {
         let start = Instant::now();
         let build_context = format!("build={}", context.path().display());
         let dockerfile = repo().join("Dockerfile");
+        // One build at a time: podman's builds share its storage, and two running at
+        // once have been seen to trip over each other's intermediate containers.
+        static BUILDING: Mutex<()> = Mutex::new(());
+        let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
         // `--format docker`: the OCI format has no HEALTHCHECK.
         self.ok(&[
             "build",

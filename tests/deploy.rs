@@ -365,3 +365,106 @@ fn the_binary_serves_the_probe_paths_of_the_deployment() {
     assert_eq!(http_status(metrics, &live), 200, "alive while draining");
     assert!(server.wait().success());
 }
+
+/// `$(NAME)` in `arg` replaced by `env[NAME]`, as the kubelet expands container args.
+fn kubelet_expand(arg: &str, env: &HashMap<&str, String>) -> String {
+    let mut out = arg.to_string();
+    for (name, value) in env {
+        out = out.replace(&format!("$({name})"), value);
+    }
+    out
+}
+
+/// The bench Job: Indexed, N pods at once, never retried (a retry would start after
+/// START_AT), against the Service, printing JSON, started at the `${START_AT}` that
+/// `envsubst` fills in, as the image's user.
+#[test]
+fn the_bench_job_runs_n_generators_against_the_service_at_one_start_time() {
+    let j = manifest("bench-job.yaml");
+    let service = manifest("service.yaml");
+    assert_eq!(str_at(&j, "apiVersion"), "batch/v1");
+    assert_eq!(str_at(&j, "kind"), "Job");
+    assert_eq!(str_at(&j, "spec.completionMode"), "Indexed");
+    let n = int_at(&j, "spec.completions");
+    assert!(n > 1);
+    assert_eq!(int_at(&j, "spec.parallelism"), n, "all generators at once");
+    assert_eq!(int_at(&j, "spec.backoffLimit"), 0);
+    assert_eq!(str_at(&j, "spec.template.spec.restartPolicy"), "Never");
+    assert_eq!(
+        int_at(&j, "spec.template.spec.securityContext.runAsUser"),
+        65532
+    );
+    let c = container(&j);
+    let args = args(c);
+    assert_eq!(args[0], "bench");
+    let (host, port) = tcp_url(args[1]);
+    assert_eq!(host, str_at(&service, "metadata.name"));
+    assert_eq!(port, ECHO_PORT);
+    assert!(args.contains(&"--json"));
+    assert_eq!(option(&args, "--start-at"), "$(START_AT)");
+    assert_eq!(str_at(env(c)["START_AT"], "value"), "${START_AT}");
+}
+
+/// The Job's arguments, as the kubelet would pass them after `envsubst` set START_AT
+/// 1 to 2 s ahead, run against a local server: the binary accepts every one, waits for
+/// the start, and prints a report that `bench merge` reads. Only the target and the
+/// length of the window (30 s in the Job) are the test's.
+#[test]
+fn the_binary_runs_the_bench_jobs_arguments_and_merges_their_output() {
+    let j = manifest("bench-job.yaml");
+    let c = container(&j);
+    let server = Proc::serve(&["--listen", "tcp://127.0.0.1:0"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start_at = format!("{}", now.floor() as u64 + 2);
+    let manifest_env: HashMap<&str, String> = env(c)
+        .into_iter()
+        .map(|(name, e)| {
+            let v = str_at(e, "value").replace("${START_AT}", &start_at);
+            (name, v)
+        })
+        .collect();
+    let mut args: Vec<String> = args(c)
+        .iter()
+        .map(|a| kubelet_expand(a, &manifest_env))
+        .collect();
+    args[1] = format!("tcp://{}", server.addr(0));
+    for (option, value) in [("--secs", "0.5"), ("--warmup", "0")] {
+        let i = args.iter().position(|a| a == option).expect(option);
+        args[i + 1] = value.to_string();
+    }
+    let out = Command::new(bin()).args(&args).output().expect("bench");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let start: f64 = start_at.parse().unwrap();
+    assert!(
+        report["start_unix"].as_f64().unwrap() >= start - 0.01,
+        "{report}"
+    );
+    assert!(report["msgs"].as_u64().unwrap() > 0, "{report}");
+
+    // `kubectl logs -l job-name=... | sockloop bench merge -`, with two pods' logs.
+    let mut merge = Command::new(bin())
+        .args(["bench", "merge", "-", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("merge");
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut stdin = merge.stdin.take().unwrap();
+    stdin.write_all(format!("{line}{line}").as_bytes()).unwrap();
+    drop(stdin);
+    let merged = merge.wait_with_output().expect("merge");
+    assert!(merged.status.success());
+    let merged: serde_json::Value = serde_json::from_slice(&merged.stdout).expect("JSON");
+    assert_eq!(
+        merged["msgs"].as_u64(),
+        report["msgs"].as_u64().map(|m| 2 * m)
+    );
+}

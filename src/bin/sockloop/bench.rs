@@ -1,11 +1,14 @@
 //! `sockloop bench`: the load generator. Keeps messages in flight against an echo
-//! server, checks every byte echoed and reports rates and latencies.
+//! server, checks every byte echoed and reports rates and latencies; `sockloop bench
+//! merge` combines the `--json` reports of many generators into one.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use sockloop::client::ProxyVersion;
 use sockloop::client::bench::{self, BenchConfig};
@@ -15,12 +18,48 @@ use sockloop::{Endpoint, sys};
 use crate::client_tls::ClientTlsArgs;
 use crate::{parse_endpoint, parse_secs};
 
-/// The arguments of `sockloop bench`.
+/// `sockloop bench URL [OPTIONS]`, or `sockloop bench merge FILE...`. A URL is never
+/// `merge`, so the word decides which.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Combine the --json reports of many runs into one, exactly.
+    ///
+    /// Counts and histograms are added, so the percentiles are those of all the
+    /// messages; rates are added; the window is where the runs' windows overlap. Runs
+    /// of different size, mode, depth or PROXY header, or whose windows do not
+    /// overlap, are refused.
+    Merge(MergeArgs),
+}
+
+/// The arguments of `sockloop bench merge`.
+#[derive(Args, Debug)]
+struct MergeArgs {
+    /// Files of reports, one JSON object per line (`-`: standard input, e.g. `kubectl
+    /// logs` piped in); other lines are skipped with a note on stderr.
+    #[arg(value_name = "FILE", required = true)]
+    files: Vec<PathBuf>,
+
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The arguments of a run.
+#[derive(Args, Debug)]
+struct RunArgs {
     /// The echo server: tcp://, tls://, unix:, udp:// or unixgram:.
-    #[arg(value_name = "URL", value_parser = parse_endpoint)]
-    url: Endpoint,
+    #[arg(value_name = "URL", value_parser = parse_endpoint, required = true)]
+    url: Option<Endpoint>,
 
     /// Connections (datagram addresses: sockets).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -94,14 +133,54 @@ pub(crate) struct BenchArgs {
     /// against a server that is expected to fail some connections.
     #[arg(long)]
     allow_errors: bool,
+
+    /// Connect, then wait until UNIX_TIME (seconds since the epoch, fractions allowed)
+    /// to start the warm-up and the measured window, so that generators started at
+    /// slightly different moments measure the same window. More than 1 s in the past
+    /// is an error.
+    #[arg(long, value_name = "UNIX_TIME", conflicts_with = "start_in")]
+    start_at: Option<f64>,
+
+    /// Like --start-at, SECS from now.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    start_in: Option<Duration>,
 }
 
-/// Runs the load, prints the report, and gives the exit code.
+/// Runs the load (or merges reports), prints the report, and gives the exit code.
 pub(crate) fn run(args: BenchArgs) -> ExitCode {
+    match args.command {
+        Some(BenchCommand::Merge(m)) => merge(m),
+        None => load(args.run),
+    }
+}
+
+/// `--start-at` or `--start-in` as a moment, or the one-line complaint.
+fn start_time(args: &RunArgs) -> Result<Option<SystemTime>, String> {
+    if let Some(at) = args.start_at {
+        let d = Duration::try_from_secs_f64(at)
+            .map_err(|_| format!("--start-at: '{at}' is not a time in seconds since 1970"))?;
+        return Ok(Some(UNIX_EPOCH + d));
+    }
+    Ok(args.start_in.map(|d| SystemTime::now() + d))
+}
+
+fn load(args: RunArgs) -> ExitCode {
+    let Some(url) = args.url.clone() else {
+        // clap requires the URL unless `merge` is given.
+        eprintln!("sockloop: bench needs a URL");
+        return ExitCode::from(2);
+    };
+    let start_at = match start_time(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = sys::raise_nofile_limit() {
         eprintln!("sockloop: cannot read the descriptor limit: {e}");
     }
-    let tls = match args.tls.client(&args.url) {
+    let tls = match args.tls.client(&url) {
         Ok(t) if args.no_resume && t.is_none() => {
             eprintln!("sockloop: --no-resume applies to tls:// URLs only");
             return ExitCode::from(2);
@@ -121,8 +200,9 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut cfg = BenchConfig::new(args.url);
+    let mut cfg = BenchConfig::new(url);
     cfg.proxy = proxy;
+    cfg.start_at = start_at;
     cfg.tls = if args.no_resume {
         tls.map(TlsClient::without_resumption)
     } else {
@@ -155,6 +235,48 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         println!("{report}");
     }
     if report.errors > 0 && !args.allow_errors {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `sockloop bench merge`: reads every file, merges, prints like a run. Exit 1 when a
+/// file cannot be read, holds no report, or the runs cannot be merged (one line on
+/// stderr), and — as for a run — when the merged runs counted errors.
+fn merge(args: MergeArgs) -> ExitCode {
+    let mut runs = Vec::new();
+    for path in &args.files {
+        let note = |n: String| eprintln!("sockloop: {n}");
+        let read = if path.as_os_str() == "-" {
+            bench::read_runs(io::stdin().lock(), "-", note)
+        } else {
+            let name = path.display().to_string();
+            File::open(path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))
+                .and_then(|f| bench::read_runs(BufReader::new(f), &name, note))
+        };
+        match read {
+            Ok(r) => runs.extend(r),
+            Err(e) => {
+                eprintln!("sockloop: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let report = match bench::merge(&runs) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    if report.errors > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -25,6 +25,7 @@
 
 mod driver;
 mod flows;
+mod merge;
 mod messages;
 mod pattern;
 mod ramp;
@@ -36,11 +37,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 
-pub use report::Report;
+pub use merge::{merge, read_runs};
+pub use report::{Report, RunOptions};
 
 use crate::endpoint::Endpoint;
 
@@ -99,7 +101,17 @@ pub struct BenchConfig {
     /// message has a connection of its own anyway, a failed attempt is followed by the
     /// next after the same back-off.
     pub keep_going: bool,
+
+    /// Connect first, then wait until this moment to start the warm-up and the measured
+    /// window, so that generators started at slightly different moments (on many
+    /// hosts) measure the same window. More than [`START_SLACK`] in the past is an
+    /// invalid setting.
+    pub start_at: Option<SystemTime>,
 }
+
+/// How far in the past `start_at` may be: the time it takes to start a process and
+/// read its command line, not a late start of the window.
+pub const START_SLACK: Duration = Duration::from_secs(1);
 
 impl BenchConfig {
     /// A closed-loop run of 1 connection, 64-byte messages, depth 1, for 5 s.
@@ -120,6 +132,7 @@ impl BenchConfig {
             proxy: None,
             stream_timeout: None,
             keep_going: false,
+            start_at: None,
         }
     }
 
@@ -153,6 +166,17 @@ impl BenchConfig {
         }
         if self.reconnect && self.rate.is_some() {
             return bad("--reconnect and --rate cannot be combined".into());
+        }
+        if let Some(at) = self.start_at {
+            if let Ok(late) = SystemTime::now().duration_since(at) {
+                if late > START_SLACK {
+                    return bad(format!(
+                        "the start time {:.3} is {:.1} s in the past",
+                        report::unix_secs(at),
+                        late.as_secs_f64()
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -514,7 +538,16 @@ pub fn run(mut cfg: BenchConfig) -> io::Result<Report> {
         );
     }
     ready.wait();
+    if let Some(at) = cfg.start_at {
+        wait_until(at, cfg.progress);
+    }
+    // The wall clock, read next to the monotonic one, dates the window for merging.
+    let wall_start = report::unix_secs(SystemTime::now()) + cfg.warmup.as_secs_f64();
     let window = Window::new(cfg.warmup, cfg.duration);
+    let wall = report::WallWindow {
+        start_unix: wall_start,
+        end_unix: wall_start + cfg.duration.as_secs_f64(),
+    };
     for w in &window_txs {
         let _ = w.send(window);
     }
@@ -541,7 +574,7 @@ pub fn run(mut cfg: BenchConfig) -> io::Result<Report> {
         .map(|&(a, b)| b.saturating_duration_since(a))
         .max()
         .unwrap_or(Duration::ZERO);
-    Ok(Report::new(&cfg, threads, &total, longest_gap))
+    Report::new(&cfg, threads, &total, longest_gap, &wall)
 }
 
 /// Gaps shorter than this between one thread's completions are not kept: the run's
@@ -566,6 +599,33 @@ fn intersect(a: &[(Instant, Instant)], b: &[(Instant, Instant)]) -> Vec<(Instant
         }
     }
     out
+}
+
+/// Sleeps until `at`, with a countdown on stderr when `progress`. Connections are
+/// open meanwhile, idle. A ramp-up that ended after `at` starts the window at once,
+/// late, and says so: the report's `start_unix` shows by how much.
+fn wait_until(at: SystemTime, progress: bool) {
+    if let Ok(late) = SystemTime::now().duration_since(at) {
+        if late > Duration::from_millis(10) {
+            log::warn!(
+                "connecting ended {:.3} s after the start time: measuring from now",
+                late.as_secs_f64()
+            );
+        }
+        return;
+    }
+    while let Ok(left) = at.duration_since(SystemTime::now()) {
+        if progress {
+            let mut err = io::stderr().lock();
+            let _ = write!(err, "\r[waiting {:5.1} s to start]", left.as_secs_f64());
+            let _ = err.flush();
+        }
+        // Steps short enough for the countdown; the last one sleeps exactly what is left.
+        thread::sleep(left.min(Duration::from_millis(if progress { 200 } else { 1000 })));
+    }
+    if progress {
+        let _ = write!(io::stderr(), "\r{:40}\r", "");
+    }
 }
 
 fn worker(

@@ -1,19 +1,28 @@
 //! What a benchmark run found, for people (`Display`) and for programs (JSON).
 
 use std::fmt;
+use std::io;
 
-use serde::Serialize;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{
+    Deserializer as HistogramReader, Serializer, V2DeflateSerializer,
+};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{BenchConfig, Tally};
 use crate::client::ProxyVersion;
 
-/// The result of a [`run`](super::run). Serialises to the object `--json` prints.
-#[derive(Clone, Debug, Serialize)]
+/// The result of a [`run`](super::run), or of several merged ([`merge`](super::merge)).
+/// Serialises to the object `--json` prints, and reads back from it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Report {
     /// The server measured.
     pub url: String,
     /// `closed`, `open` or `reconnect`.
+    #[serde(deserialize_with = "known_mode")]
     pub mode: &'static str,
     /// Connections (or datagram flows) asked for.
     pub conns: usize,
@@ -129,6 +138,102 @@ pub struct Report {
     pub first_reply_p99_us: u64,
     /// The slowest first reply.
     pub first_reply_max_us: u64,
+
+    // What it takes to merge runs from many hosts exactly (`sockloop bench merge`):
+    // the whole histogram rather than its percentiles, and when, where and how the
+    // run was made.
+    /// The latency of every message counted, µs: HdrHistogram's V2 compressed
+    /// encoding (`V2DeflateSerializer`), in base64 (standard alphabet, padded).
+    pub histogram: String,
+    /// The histogram's lowest discernible value, µs.
+    pub histogram_lowest_us: u64,
+    /// The histogram's highest trackable value, µs (slower messages are recorded as this).
+    pub histogram_highest_us: u64,
+    /// The histogram's significant decimal digits.
+    pub histogram_sigfig: u8,
+    /// The measured window's start, seconds since the Unix epoch (merged: the latest start).
+    pub start_unix: f64,
+    /// The measured window's end, seconds since the Unix epoch (merged: the earliest end).
+    pub end_unix: f64,
+    /// The host the generator ran on (merged: every distinct host, comma-separated).
+    pub host: String,
+    /// The server measured, as given (the same as `url`).
+    pub target: String,
+    /// The options the generator ran with (merged: those of the first run).
+    pub options: RunOptions,
+    /// How many runs this report stands for: 1, or how many were merged.
+    pub runs: u64,
+}
+
+/// The options of one generator: what decides whether two runs measured the same thing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// `closed`, `open` or `reconnect`.
+    #[serde(deserialize_with = "known_mode")]
+    pub mode: &'static str,
+    /// Bytes per message.
+    pub size: usize,
+    /// Messages in flight per connection.
+    pub depth: usize,
+    /// Connections (or datagram flows).
+    pub conns: usize,
+    /// Client threads.
+    pub threads: usize,
+    /// The open-loop rate, messages per second.
+    pub rate: Option<f64>,
+    /// The PROXY protocol header sent, if any.
+    pub proxy: Option<ProxyVersion>,
+    /// The measured window asked for, seconds.
+    pub secs: f64,
+    /// The warm-up asked for, seconds.
+    pub warmup_secs: f64,
+    /// Datagrams: how long before one is counted lost, seconds.
+    pub timeout_secs: f64,
+    /// The start asked for (`--start-at`, `--start-in`), seconds since the Unix epoch.
+    pub start_at: Option<f64>,
+}
+
+/// `mode` is a `&'static str`, one of a known few: reading one back maps it to them.
+fn known_mode<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let s = String::deserialize(d)?;
+    mode_named(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown mode '{s}' (expected closed, open or reconnect)"
+        ))
+    })
+}
+
+pub(super) fn mode_named(s: &str) -> Option<&'static str> {
+    ["closed", "open", "reconnect"]
+        .into_iter()
+        .find(|m| *m == s)
+}
+
+/// When the measured window was, by the wall clock, seconds since the Unix epoch.
+pub(super) struct WallWindow {
+    pub(super) start_unix: f64,
+    pub(super) end_unix: f64,
+}
+
+/// `h` as the `histogram` field holds it.
+pub(super) fn encode_histogram(h: &Histogram<u64>) -> io::Result<String> {
+    let mut bytes = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut bytes)
+        .map_err(|e| io::Error::other(format!("cannot encode the latency histogram: {e:?}")))?;
+    Ok(BASE64.encode(bytes))
+}
+
+/// The histogram a `histogram` field holds.
+pub(super) fn decode_histogram(s: &str) -> io::Result<Histogram<u64>> {
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let bytes = BASE64
+        .decode(s.trim())
+        .map_err(|e| bad(format!("the histogram is not base64: {e}")))?;
+    HistogramReader::new()
+        .deserialize(&mut &bytes[..])
+        .map_err(|e| bad(format!("the histogram cannot be decoded: {e:?}")))
 }
 
 impl Report {
@@ -137,7 +242,8 @@ impl Report {
         threads: usize,
         t: &Tally,
         longest_gap: std::time::Duration,
-    ) -> Report {
+        wall: &WallWindow,
+    ) -> io::Result<Report> {
         let at = |h: &hdrhistogram::Histogram<u64>, p: f64| {
             if h.is_empty() {
                 0
@@ -155,15 +261,16 @@ impl Report {
                 t.hist.value_at_quantile(p)
             }
         };
-        Report {
+        let mode = if cfg.reconnect {
+            "reconnect"
+        } else if cfg.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        };
+        Ok(Report {
             url: cfg.endpoint.to_string(),
-            mode: if cfg.reconnect {
-                "reconnect"
-            } else if cfg.rate.is_some() {
-                "open"
-            } else {
-                "closed"
-            },
+            mode,
             conns: cfg.conns,
             connected: t.connected,
             threads,
@@ -210,7 +317,37 @@ impl Report {
             first_reply_p50_us: at(&t.first_reply_hist, 0.50),
             first_reply_p99_us: at(&t.first_reply_hist, 0.99),
             first_reply_max_us: at(&t.first_reply_hist, 1.0),
-        }
+
+            histogram: encode_histogram(&t.hist)?,
+            histogram_lowest_us: t.hist.low(),
+            histogram_highest_us: t.hist.high(),
+            histogram_sigfig: t.hist.sigfig(),
+            start_unix: wall.start_unix,
+            end_unix: wall.end_unix,
+            host: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            target: cfg.endpoint.to_string(),
+            options: RunOptions {
+                mode,
+                size: cfg.size,
+                depth: cfg.depth,
+                conns: cfg.conns,
+                threads,
+                rate: cfg.rate,
+                proxy: cfg.proxy,
+                secs,
+                warmup_secs: cfg.warmup.as_secs_f64(),
+                timeout_secs: cfg.timeout.as_secs_f64(),
+                start_at: cfg.start_at.map(unix_secs),
+            },
+            runs: 1,
+        })
+    }
+
+    /// The latency histogram the report carries, decoded.
+    pub(super) fn latencies(&self) -> io::Result<Histogram<u64>> {
+        decode_histogram(&self.histogram)
     }
 
     /// The error kinds, by name, in the order the text report lists them.
@@ -229,6 +366,14 @@ impl Report {
     /// The report as one line of JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a report always serialises")
+    }
+}
+
+/// `t` in seconds since the Unix epoch (negative before it).
+pub(super) fn unix_secs(t: std::time::SystemTime) -> f64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
     }
 }
 
@@ -281,6 +426,14 @@ impl fmt::Display for Report {
             "  continuity  {} connections replaced, longest gap without a reply {:.1} ms",
             self.replaced, self.longest_gap_ms
         )?;
+
+        if self.runs > 1 {
+            writeln!(
+                f,
+                "  merged      {} runs on {}, windows overlapping {:.2} s",
+                self.runs, self.host, self.secs
+            )?;
+        }
         write!(f, "  errors      {}", self.errors)?;
         write_nonzero(f, &self.error_kinds())?;
         let datagrams = [

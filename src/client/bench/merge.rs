@@ -1,0 +1,221 @@
+//! Combining the reports of many generators into one (`sockloop bench merge`), exactly.
+//!
+//! Percentiles cannot be averaged: the p99 of two runs is not the mean of their p99s.
+//! Every report carries its whole latency histogram, so merging adds the histograms
+//! and reads the percentiles from the sum — the true percentiles of all the messages.
+//! Counts are added. Rates are added too: each run's rate is its count over its own
+//! measured window, and runs that measured the same window (`--start-at`) add up to
+//! the total rate the server sustained in it. Adding rates rather than dividing the
+//! summed counts by one window keeps the answer right when the windows differ a
+//! little in length, and makes merging associative (merged reports merge again).
+//! The merged window is where all runs' windows overlap; runs whose windows do not
+//! overlap did not load the server together, and are refused.
+
+use std::io::{self, BufRead};
+
+use hdrhistogram::Histogram;
+
+use super::Report;
+use super::report::{WallWindow, encode_histogram};
+
+fn refuse(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Reads the runs in `input` (named `source` in errors and notes): one JSON object
+/// per line, as `sockloop bench --json` prints them. Lines that are not a JSON object
+/// with a `histogram` — the noise of `kubectl logs`, a progress line, an older report
+/// — are skipped, each with a note handed to `skipped`. A line that looks like a run
+/// but does not read as one is an error, and so is an input without any run.
+pub fn read_runs(
+    input: impl BufRead,
+    source: &str,
+    mut skipped: impl FnMut(String),
+) -> io::Result<Vec<Report>> {
+    let mut runs = Vec::new();
+    for (i, line) in input.lines().enumerate() {
+        let line = line.map_err(|e| io::Error::new(e.kind(), format!("{source}: {e}")))?;
+        let n = i + 1;
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => {
+                skipped(format!("{source}:{n}: not a JSON object, skipped"));
+                continue;
+            }
+        };
+        if value.get("histogram").is_none() {
+            skipped(format!("{source}:{n}: no histogram, skipped"));
+            continue;
+        }
+        // `mode` is a `&'static str`, which rules out `from_value`'s any-lifetime bound;
+        // a `Value` deserializes for `'static` as well.
+        let report = <Report as serde::Deserialize>::deserialize(value)
+            .map_err(|e| refuse(format!("{source}:{n}: not a bench report: {e}")))?;
+        // A histogram that disagrees with the count would merge into a wrong answer.
+        let hist = report
+            .latencies()
+            .map_err(|e| refuse(format!("{source}:{n}: {e}")))?;
+        if hist.len() != report.msgs {
+            return Err(refuse(format!(
+                "{source}:{n}: the histogram holds {} messages but msgs is {}",
+                hist.len(),
+                report.msgs
+            )));
+        }
+        runs.push(report);
+    }
+    if runs.is_empty() {
+        return Err(refuse(format!("{source}: no bench report (--json) in it")));
+    }
+    Ok(runs)
+}
+
+/// Combines `runs` into one report, as if one generator had made them all: counts,
+/// bytes and connections added, histograms added (percentiles, maximum and mean read
+/// from the sum), rates added, the window where all the runs' windows overlap, the
+/// longest ramp-up, the first error. Runs of different message size, mode, depth or
+/// PROXY header measured different things and are refused, as are runs whose windows
+/// do not overlap and an empty list; the error says which runs and why.
+pub fn merge(runs: &[Report]) -> io::Result<Report> {
+    let Some(first) = runs.first() else {
+        return Err(refuse("no runs to merge".into()));
+    };
+    let mut hist: Histogram<u64> = first.latencies()?;
+    for (i, r) in runs.iter().enumerate().skip(1) {
+        let differ = |what: &str, a: String, b: String| {
+            refuse(format!(
+                "cannot merge runs of different {what}: {a} (run 1, {}) and {b} (run {}, {})",
+                first.host,
+                i + 1,
+                r.host
+            ))
+        };
+        if r.size != first.size {
+            return Err(differ("--size", first.size.to_string(), r.size.to_string()));
+        }
+        if r.mode != first.mode {
+            return Err(differ("mode", first.mode.into(), r.mode.into()));
+        }
+        if r.depth != first.depth {
+            return Err(differ(
+                "--depth",
+                first.depth.to_string(),
+                r.depth.to_string(),
+            ));
+        }
+        if r.proxy != first.proxy {
+            let shown = |p: Option<crate::client::ProxyVersion>| {
+                p.map_or("no PROXY header".to_string(), |v| format!("PROXY {v}"))
+            };
+            return Err(differ("--proxy", shown(first.proxy), shown(r.proxy)));
+        }
+        hist.add(&r.latencies()?).map_err(|e| {
+            refuse(format!(
+                "run {} ({}): its histogram does not fit the first one's bounds: {e:?}",
+                i + 1,
+                r.host
+            ))
+        })?;
+    }
+    let wall = WallWindow {
+        start_unix: runs.iter().map(|r| r.start_unix).fold(f64::MIN, f64::max),
+        end_unix: runs.iter().map(|r| r.end_unix).fold(f64::MAX, f64::min),
+    };
+    if wall.end_unix <= wall.start_unix {
+        return Err(refuse(format!(
+            "the runs' measured windows do not overlap (latest start {:.3}, earliest end {:.3}): \
+             start the generators with the same --start-at",
+            wall.start_unix, wall.end_unix
+        )));
+    }
+    let sum_u = |f: fn(&Report) -> u64| runs.iter().map(f).sum::<u64>();
+    let sum_n = |f: fn(&Report) -> usize| runs.iter().map(f).sum::<usize>();
+    let sum_f = |f: fn(&Report) -> f64| runs.iter().map(f).sum::<f64>();
+    let max_u = |f: fn(&Report) -> u64| runs.iter().map(f).max().unwrap_or(0);
+    let q = |p: f64| {
+        if hist.is_empty() {
+            0
+        } else {
+            hist.value_at_quantile(p)
+        }
+    };
+    let mut hosts: Vec<&str> = Vec::new();
+    for r in runs {
+        for h in r.host.split(',') {
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+    }
+    // Every field is named here, so a counter added to `Report` does not compile
+    // until it is decided how it merges.
+    Ok(Report {
+        url: first.url.clone(),
+        mode: first.mode,
+        conns: sum_n(|r| r.conns),
+        connected: sum_n(|r| r.connected),
+        threads: sum_n(|r| r.threads),
+        size: first.size,
+        depth: first.depth,
+        secs: wall.end_unix - wall.start_unix,
+        warmup_secs: runs.iter().map(|r| r.warmup_secs).fold(0.0, f64::max),
+        rate: first.rate.map(|_| runs.iter().filter_map(|r| r.rate).sum()),
+        proxy: first.proxy,
+        msgs: sum_u(|r| r.msgs),
+        msgs_per_sec: sum_f(|r| r.msgs_per_sec),
+        mb_per_sec: sum_f(|r| r.mb_per_sec),
+        conns_per_sec: first
+            .conns_per_sec
+            .map(|_| runs.iter().filter_map(|r| r.conns_per_sec).sum()),
+        p50_us: q(0.50),
+        p90_us: q(0.90),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+        max_us: if hist.is_empty() { 0 } else { hist.max() },
+        mean_us: if hist.is_empty() { 0.0 } else { hist.mean() },
+        errors: sum_u(|r| r.errors),
+        lost: sum_u(|r| r.lost),
+        ramp_secs: runs.iter().map(|r| r.ramp_secs).fold(0.0, f64::max),
+        first_error: runs
+            .iter()
+            .find_map(|r| r.first_error.as_ref().map(|e| format!("{}: {e}", r.host))),
+
+        connect_refused: sum_u(|r| r.connect_refused),
+        connect_timeouts: sum_u(|r| r.connect_timeouts),
+        resets: sum_u(|r| r.resets),
+        eof_early: sum_u(|r| r.eof_early),
+        timeouts: sum_u(|r| r.timeouts),
+        corrupt: sum_u(|r| r.corrupt),
+        other_errors: sum_u(|r| r.other_errors),
+        duplicated: sum_u(|r| r.duplicated),
+        reordered: sum_u(|r| r.reordered),
+
+        // Replacements add up. The gap is the longest any run saw (the runs' gaps do
+        // not line up in time exactly enough to intersect them). Connect and
+        // first-reply figures are kept per run as percentiles only, so the merged ones
+        // are the largest of the runs': an upper bound, exact for the maxima.
+        replaced: sum_u(|r| r.replaced),
+        longest_gap_ms: runs.iter().map(|r| r.longest_gap_ms).fold(0.0, f64::max),
+        connect_p50_us: max_u(|r| r.connect_p50_us),
+        connect_p99_us: max_u(|r| r.connect_p99_us),
+        connect_max_us: max_u(|r| r.connect_max_us),
+        first_reply_p50_us: max_u(|r| r.first_reply_p50_us),
+        first_reply_p99_us: max_u(|r| r.first_reply_p99_us),
+        first_reply_max_us: max_u(|r| r.first_reply_max_us),
+
+        histogram: encode_histogram(&hist)?,
+        histogram_lowest_us: hist.low(),
+        histogram_highest_us: hist.high(),
+        histogram_sigfig: hist.sigfig(),
+        start_unix: wall.start_unix,
+        end_unix: wall.end_unix,
+        host: hosts.join(","),
+        target: first.target.clone(),
+        options: first.options.clone(),
+        runs: sum_u(|r| r.runs),
+    })
+}
