@@ -389,3 +389,40 @@ fn progress_line_on_a_terminal() {
         "the report still comes: {screen}"
     );
 }
+
+/// `--bind` spreads the connections over the given source addresses, round robin, and
+/// needs an internet stream address.
+#[test]
+fn bench_bind_spreads_connections_over_the_given_sources() {
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", "tcp://127.0.0.1:0"])
+        .env("RUST_LOG", "debug");
+    let server = Proc::spawn(cmd, 1);
+    let url = format!("tcp://{}", server.addr(0));
+    let out = sockloop(&[
+        "bench",
+        &url,
+        "--conns",
+        "6",
+        "--secs",
+        "0.3",
+        "--bind",
+        "127.0.0.2,127.0.0.3",
+        "--json",
+    ]);
+    let r = json(&out);
+    assert!(out.status.success(), "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    util::net::wait_until("six accepts in the log", || {
+        server.stderr().matches("accepted from 127.0.0.").count() >= 6
+    });
+    let log = server.stderr();
+    assert_eq!(log.matches("accepted from 127.0.0.2:").count(), 3, "{log}");
+    assert_eq!(log.matches("accepted from 127.0.0.3:").count(), 3, "{log}");
+    expect_failure(
+        &["bench", "unix:/nonexistent.sock", "--bind", "127.0.0.2"],
+        2,
+        "--bind needs a tcp:// or tls:// address",
+    );
+    expect_failure(&["bench", &url, "--bind", "not-an-ip"], 2, "not-an-ip");
+}

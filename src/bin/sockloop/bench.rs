@@ -129,6 +129,13 @@ struct RunArgs {
     #[arg(long)]
     keep_going: bool,
 
+    /// Streams: source addresses to spread the connections over, round robin (IP
+    /// addresses of this host, comma-separated): each adds its own range of ephemeral
+    /// ports towards the server. Default: 16 loopback addresses towards a loopback
+    /// server, else the kernel's choice.
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    bind: Vec<std::net::IpAddr>,
+
     /// Exit 0 even when errors were counted (they are still reported): for runs
     /// against a server that is expected to fail some connections.
     #[arg(long)]
@@ -217,6 +224,7 @@ fn load(args: RunArgs) -> ExitCode {
     cfg.reconnect = args.reconnect;
     cfg.threads = args.threads as usize;
     cfg.keep_going = args.keep_going;
+    cfg.bind = args.bind;
     if let Some(t) = args.timeout {
         cfg.timeout = t;
         cfg.stream_timeout = Some(t);

@@ -141,7 +141,7 @@ impl<'a> Driver<'a> {
         let transport = socket::connect(
             &self.share.cfg.endpoint,
             self.share.addr,
-            source_for(self.share.addr, id),
+            source_for(self.share.addr, id, &self.share.cfg.bind),
             self.share.cfg.tls.as_ref(),
         )?;
         let mut conn = Connection::new(transport, Readiness::NONE);
@@ -375,8 +375,12 @@ fn kind(f: &Fault) -> Kind {
     }
 }
 
-/// The source address for connection `id`, when the server is on IPv4 loopback.
-fn source_for(addr: Option<SocketAddr>, id: u32) -> Option<IpAddr> {
+/// The source address for connection `id`: the `--bind` addresses in turn, else one of
+/// [`SOURCE_ADDRS`] loopback addresses when the server is on IPv4 loopback.
+fn source_for(addr: Option<SocketAddr>, id: u32, bind: &[IpAddr]) -> Option<IpAddr> {
+    if !bind.is_empty() {
+        return Some(bind[id as usize % bind.len()]);
+    }
     match addr {
         Some(SocketAddr::V4(a)) if a.ip().is_loopback() => Some(IpAddr::V4(Ipv4Addr::new(
             127,

@@ -179,7 +179,17 @@ fn retry(
         queue.push_back((i, attempt + 1, Instant::now() + backoff));
     } else {
         *failed += 1;
+        let why = if e.kind() == io::ErrorKind::AddrNotAvailable {
+            // The source addresses ran out of ephemeral ports towards this server
+            // address and port: say so, and what would help.
+            " — no free local port left towards this server address: each source \
+             address has one ephemeral port range (net.ipv4.ip_local_port_range) per \
+             server address and port; spread the connections with --bind ADDR,ADDR,… or \
+             widen the range"
+        } else {
+            ""
+        };
         d.tally
-            .fail(Fault::of_connect(e), || format!("connect: {e}"));
+            .fail(Fault::of_connect(e), || format!("connect: {e}{why}"));
     }
 }
