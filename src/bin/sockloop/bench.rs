@@ -102,9 +102,16 @@ struct RunArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     timeout: Option<Duration>,
 
-    /// Print one JSON object instead of the text report.
+    /// Print one JSON object instead of the text report (with --interval: one per
+    /// interval, `"type": "interval"`, then the run's, `"type": "summary"`).
     #[arg(long)]
     json: bool,
+
+    /// Also report every SECS of the measured window while the run goes on: a line on
+    /// stderr, or with --json a JSON object on stdout, each with the interval's rate,
+    /// latencies (and histogram), errors by kind and replacements. At least 0.1.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    interval: Option<Duration>,
 
     #[command(flatten)]
     tls: ClientTlsArgs,
@@ -229,7 +236,15 @@ fn load(args: RunArgs) -> ExitCode {
         cfg.timeout = t;
         cfg.stream_timeout = Some(t);
     }
-    let report = match bench::run(cfg) {
+    cfg.interval = args.interval;
+    let json = args.json;
+    let report = match bench::run_with_intervals(cfg, |i| {
+        if json {
+            println!("{}", i.to_json());
+        } else {
+            eprintln!("{i}");
+        }
+    }) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sockloop: {e}");

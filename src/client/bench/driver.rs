@@ -120,6 +120,7 @@ impl<'a> Driver<'a> {
         if self.share.cfg.reconnect {
             ready.wait();
             if let Ok(w) = window.recv() {
+                self.tally.begin_intervals(&w);
                 reconnect::run(&mut self, &w);
             }
             return;
@@ -129,6 +130,7 @@ impl<'a> Driver<'a> {
         self.tally.ramp = started.elapsed();
         ready.wait();
         if let Ok(w) = window.recv() {
+            self.tally.begin_intervals(&w);
             messages::run(&mut self, &w, &mut lanes);
         }
     }

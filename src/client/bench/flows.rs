@@ -46,6 +46,7 @@ pub(super) fn run(share: &Share, tally: &mut Tally, ready: &Barrier, window: &Re
     tally.ramp = started.elapsed();
     ready.wait();
     let Ok(w) = window.recv() else { return };
+    tally.begin_intervals(&w);
     serve(share, tally, &w, &mut poll, &mut flows);
 }
 

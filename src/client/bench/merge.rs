@@ -16,7 +16,7 @@ use std::io::{self, BufRead};
 use hdrhistogram::Histogram;
 
 use super::Report;
-use super::report::{WallWindow, encode_histogram};
+use super::report::{ReportType, WallWindow, encode_histogram};
 
 fn refuse(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
@@ -25,7 +25,9 @@ fn refuse(what: String) -> io::Error {
 /// Reads the runs in `input` (named `source` in errors and notes): one JSON object
 /// per line, as `sockloop bench --json` prints them. Lines that are not a JSON object
 /// with a `histogram` — the noise of `kubectl logs`, a progress line, an older report
-/// — are skipped, each with a note handed to `skipped`. A line that looks like a run
+/// — are skipped, each with a note handed to `skipped`; the interval reports of
+/// `--interval` (`"type": "interval"`) are skipped silently, their run's summary
+/// standing for them. A line that looks like a run
 /// but does not read as one is an error, and so is an input without any run.
 pub fn read_runs(
     input: impl BufRead,
@@ -47,6 +49,13 @@ pub fn read_runs(
                 continue;
             }
         };
+        // The interval reports of `--interval --json` come before their run's summary,
+        // which holds all of them: expected in the input, and not runs of their own.
+        if value.get("type").and_then(|t| t.as_str()) == Some("interval")
+            || value.get("interval").is_some()
+        {
+            continue;
+        }
         if value.get("histogram").is_none() {
             skipped(format!("{source}:{n}: no histogram, skipped"));
             continue;
@@ -154,6 +163,7 @@ pub fn merge(runs: &[Report]) -> io::Result<Report> {
     // Every field is named here, so a counter added to `Report` does not compile
     // until it is decided how it merges.
     Ok(Report {
+        kind: ReportType::Summary,
         url: first.url.clone(),
         mode: first.mode,
         conns: sum_n(|r| r.conns),

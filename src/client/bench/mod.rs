@@ -19,12 +19,17 @@
 //! without overflowing the server's accept queue. Each of `threads` threads runs its
 //! own poll loop over its share of the connections.
 //!
+//! With `interval`, the measured window is also reported interval by interval while
+//! the run goes on ([`IntervalReport`], see [`run_with_intervals`]), at no cost per
+//! message (see the `interval` module).
+//!
 //! With `proxy`, every connection starts with a PROXY protocol header naming a client
 //! of its own (see [`ProxyVersion`](crate::client::ProxyVersion)), so a server that
 //! expects the header is loaded as if through a balancer, by many clients.
 
 mod driver;
 mod flows;
+mod interval;
 mod merge;
 mod messages;
 mod pattern;
@@ -41,8 +46,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 
+pub use interval::{INTERVAL_MIN, IntervalReport};
 pub use merge::{merge, read_runs};
-pub use report::{Report, RunOptions};
+pub use report::{Report, ReportType, RunOptions};
 
 use crate::endpoint::Endpoint;
 
@@ -114,6 +120,11 @@ pub struct BenchConfig {
     /// hosts) measure the same window. More than [`START_SLACK`] in the past is an
     /// invalid setting.
     pub start_at: Option<SystemTime>,
+
+    /// Also report every `interval` of the measured window while the run goes on (see
+    /// [`run_with_intervals`]); the last interval may be shorter. At least
+    /// [`INTERVAL_MIN`].
+    pub interval: Option<Duration>,
 }
 
 /// How far in the past `start_at` may be: the time it takes to start a process and
@@ -141,6 +152,7 @@ impl BenchConfig {
             stream_timeout: None,
             keep_going: false,
             start_at: None,
+            interval: None,
         }
     }
 
@@ -177,6 +189,18 @@ impl BenchConfig {
         }
         if self.reconnect && self.rate.is_some() {
             return bad("--reconnect and --rate cannot be combined".into());
+        }
+        if let Some(every) = self.interval {
+            if every < INTERVAL_MIN {
+                return bad(format!(
+                    "--interval must be at least {} s",
+                    INTERVAL_MIN.as_secs_f64()
+                ));
+            }
+            // Boundaries are counted in u32 multiples of the interval.
+            if interval::count(self.duration, every) > u64::from(u32::MAX) {
+                return bad("--interval is too short for --secs".into());
+            }
         }
         if let Some(at) = self.start_at {
             if let Ok(late) = SystemTime::now().duration_since(at) {
@@ -340,6 +364,11 @@ impl Faults {
     }
 }
 
+/// A histogram for message latencies, µs: 1 µs to an hour, 3 significant digits.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
 /// What one thread measured.
 pub(crate) struct Tally {
     pub(crate) hist: Histogram<u64>,
@@ -367,13 +396,15 @@ pub(crate) struct Tally {
     pub(crate) last_done: Option<Instant>,
     /// Of `msgs`, how many the progress line has been told about.
     published: u64,
+    /// The interval being filled, when intervals are reported.
+    pub(crate) intervals: Option<Box<interval::Intervals>>,
     live: Arc<Live>,
 }
 
 impl Tally {
     fn new(live: Arc<Live>) -> Self {
         Tally {
-            hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            hist: latency_histogram(),
             msgs: 0,
             conns_done: 0,
             errors: 0,
@@ -390,14 +421,16 @@ impl Tally {
             gaps: Vec::new(),
             last_done: None,
             published: 0,
+            intervals: None,
             live,
         }
     }
 
     /// Tells the progress line about the messages completed since the last call: once
     /// per poll, not once per message, so that the threads do not contend on a shared
-    /// counter in the hot path.
+    /// counter in the hot path. Also where an interval's end is noticed.
     pub(crate) fn publish(&mut self) {
+        self.tick_intervals();
         if self.msgs > self.published {
             self.live
                 .completed
@@ -444,7 +477,12 @@ impl Tally {
         if window.counts(done) {
             self.msgs += 1;
             let us = done.saturating_duration_since(since).as_micros() as u64;
-            self.hist.saturating_record(us.max(1));
+            // With intervals, the interval's histogram, added into the run's at the
+            // interval's end: one record per message either way.
+            match self.intervals.as_mut() {
+                Some(iv) => iv.hist.saturating_record(us.max(1)),
+                None => self.hist.saturating_record(us.max(1)),
+            }
             // Only gaps long enough to matter are kept, so the list stays short.
             let last = self.last_done.unwrap_or(window.measure_from);
             if done.saturating_duration_since(last) >= GAP_MIN {
@@ -511,7 +549,18 @@ pub(crate) struct Share {
 /// Runs the benchmark and returns its report. Setup problems (an address that does not
 /// resolve, invalid settings) are errors; problems during the run are counted in the
 /// report's `errors`.
-pub fn run(mut cfg: BenchConfig) -> io::Result<Report> {
+pub fn run(cfg: BenchConfig) -> io::Result<Report> {
+    run_with_intervals(cfg, |_| {})
+}
+
+/// Like [`run`], and with [`BenchConfig::interval`] set, hands each interval's report to
+/// `on_interval` while the run goes on, in order, from the thread that called this:
+/// each as soon as every client thread has finished the interval, the last when they
+/// have finished the run (its drain included).
+pub fn run_with_intervals(
+    mut cfg: BenchConfig,
+    mut on_interval: impl FnMut(&IntervalReport),
+) -> io::Result<Report> {
     cfg.validate()?;
     cfg.tls = super::tls_for(&cfg.endpoint, cfg.tls.as_ref())?;
     let addr = match cfg.endpoint.host_port() {
@@ -527,6 +576,10 @@ pub fn run(mut cfg: BenchConfig) -> io::Result<Report> {
     // Every thread connects first; the window starts when all have.
     let ready = Arc::new(Barrier::new(threads + 1));
     let mut window_txs = Vec::new();
+    let (piece_tx, piece_rx) = std::sync::mpsc::channel::<interval::Piece>();
+    let mut collector = cfg
+        .interval
+        .map(|every| interval::Collector::new(&cfg, every, threads));
     let mut handles = Vec::new();
     let mut first = 0usize;
     for t in 0..threads {
@@ -542,10 +595,13 @@ pub fn run(mut cfg: BenchConfig) -> io::Result<Report> {
         let (wtx, wrx) = std::sync::mpsc::channel::<Window>();
         window_txs.push(wtx);
         let (ready, live) = (ready.clone(), live.clone());
+        let intervals = cfg
+            .interval
+            .map(|every| Box::new(interval::Intervals::new(piece_tx.clone(), &cfg, every)));
         handles.push(
             thread::Builder::new()
                 .name(format!("bench-{t}"))
-                .spawn(move || worker(share, live, &ready, &wrx))?,
+                .spawn(move || worker(share, live, intervals, &ready, &wrx))?,
         );
     }
     ready.wait();
@@ -562,7 +618,23 @@ pub fn run(mut cfg: BenchConfig) -> io::Result<Report> {
     for w in &window_txs {
         let _ = w.send(window);
     }
-    progress(&cfg, &live, &window, &handles);
+    let mut emit = |p: interval::Piece| {
+        if let Some(c) = collector.as_mut() {
+            if cfg.progress {
+                // The interval's line replaces the progress line, which comes back.
+                let _ = write!(io::stderr(), "\r{:80}\r", "");
+            }
+            c.add(p, &cfg, wall.start_unix, &mut on_interval);
+        }
+    };
+    progress(&cfg, &live, &window, &handles, &piece_rx, &mut emit);
+    // Every thread has sent all its pieces before it finished.
+    while let Ok(p) = piece_rx.try_recv() {
+        emit(p);
+    }
+    if let Some(c) = collector.as_mut() {
+        c.finish(&cfg, wall.start_unix, &mut on_interval);
+    }
 
     let mut total = Tally::new(live);
     let mut idle: Option<Vec<(Instant, Instant)>> = None;
@@ -642,10 +714,12 @@ fn wait_until(at: SystemTime, progress: bool) {
 fn worker(
     share: Share,
     live: Arc<Live>,
+    intervals: Option<Box<interval::Intervals>>,
     ready: &Barrier,
     window: &std::sync::mpsc::Receiver<Window>,
 ) -> Tally {
     let mut tally = Tally::new(live);
+    tally.intervals = intervals;
     if share.cfg.endpoint.is_stream() {
         match driver::Driver::new(&share, &mut tally) {
             Ok(d) => d.run(ready, window),
@@ -657,19 +731,28 @@ fn worker(
     } else {
         flows::run(&share, &mut tally, ready, window);
     }
+    tally.finish_intervals();
     tally
 }
 
-/// The live progress line on stderr, once a second, while the threads run.
+/// The live progress line on stderr, once a second, while the threads run; the
+/// threads' pieces of intervals handed to `piece` as they come.
 fn progress(
     cfg: &BenchConfig,
     live: &Live,
     window: &Window,
     handles: &[thread::JoinHandle<Tally>],
+    pieces: &std::sync::mpsc::Receiver<interval::Piece>,
+    piece: &mut dyn FnMut(interval::Piece),
 ) {
     let mut last = (Instant::now(), 0u64);
     while handles.iter().any(|h| !h.is_finished()) {
-        thread::sleep(Duration::from_millis(100));
+        // Waits for pieces rather than sleeping, so an interval is reported when its
+        // last piece comes; without intervals nothing comes and this is the sleep.
+        if let Ok(p) = pieces.recv_timeout(Duration::from_millis(100)) {
+            piece(p);
+            continue;
+        }
         let now = Instant::now();
         if !cfg.progress || now.duration_since(last.0) < Duration::from_secs(1) {
             continue;

@@ -19,6 +19,11 @@ use crate::client::ProxyVersion;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Report {
+    /// Always `"summary"`: the run's report, after its `"interval"` ones
+    /// ([`IntervalReport`](super::IntervalReport)) when it had them. Reports without it,
+    /// from before intervals, read as summaries.
+    #[serde(rename = "type", default)]
+    pub kind: ReportType,
     /// The server measured.
     pub url: String,
     /// `closed`, `open` or `reconnect`.
@@ -165,6 +170,30 @@ pub struct Report {
     pub runs: u64,
 }
 
+/// What a JSON object of `sockloop bench --json` is: with `--interval`, the interval
+/// reports come first, then the run's summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ReportType {
+    /// The whole run: a [`Report`].
+    #[default]
+    Summary,
+    /// One interval of a run: an [`IntervalReport`](super::IntervalReport).
+    Interval,
+}
+
+/// The value at quantile `p` of `h` (`p` ≥ 1: its maximum); 0 when it is empty.
+pub(super) fn percentile(h: &Histogram<u64>, p: f64) -> u64 {
+    if h.is_empty() {
+        0
+    } else if p >= 1.0 {
+        h.max()
+    } else {
+        h.value_at_quantile(p)
+    }
+}
+
 /// The options of one generator: what decides whether two runs measured the same thing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -244,15 +273,7 @@ impl Report {
         longest_gap: std::time::Duration,
         wall: &WallWindow,
     ) -> io::Result<Report> {
-        let at = |h: &hdrhistogram::Histogram<u64>, p: f64| {
-            if h.is_empty() {
-                0
-            } else if p >= 1.0 {
-                h.max()
-            } else {
-                h.value_at_quantile(p)
-            }
-        };
+        let at = percentile;
         let secs = cfg.duration.as_secs_f64();
         let q = |p: f64| {
             if t.hist.is_empty() {
@@ -269,6 +290,7 @@ impl Report {
             "closed"
         };
         Ok(Report {
+            kind: ReportType::Summary,
             url: cfg.endpoint.to_string(),
             mode,
             conns: cfg.conns,
@@ -453,7 +475,7 @@ impl fmt::Display for Report {
 }
 
 /// ` (name n, name n)` for the non-zero counts; nothing when all are zero.
-fn write_nonzero(f: &mut fmt::Formatter<'_>, counts: &[(&str, u64)]) -> fmt::Result {
+pub(super) fn write_nonzero(f: &mut fmt::Formatter<'_>, counts: &[(&str, u64)]) -> fmt::Result {
     let mut sep = " (";
     for &(name, n) in counts.iter().filter(|&&(_, n)| n > 0) {
         write!(f, "{sep}{name} {n}")?;
