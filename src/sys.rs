@@ -125,3 +125,11 @@ pub(crate) fn is_per_connection_accept_error(e: &io::Error) -> bool {
         )
     )
 }
+
+/// This machine's host name (`gethostname`), when it can be read: what `who` mode,
+/// the `{host}` placeholder and a bench report say.
+pub fn hostname() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned())
+}

@@ -6,12 +6,13 @@
 pub mod util;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
+use std::net::{Shutdown, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use util::bench::{count, echo_messages, tcp_server};
 use util::child::run_bin;
 
 const SIZE: usize = 64;
@@ -31,10 +32,6 @@ fn bench(url: &str, args: &[&str]) -> (Option<i32>, serde_json::Value) {
     (out.status.code(), report)
 }
 
-fn count(r: &serde_json::Value, key: &str) -> u64 {
-    r[key].as_u64().unwrap_or_else(|| panic!("no {key} in {r}"))
-}
-
 /// Every error kind but `kind` is zero, and `errors` is `kind`'s count.
 fn only(r: &serde_json::Value, kind: &str) -> u64 {
     let kinds = [
@@ -51,33 +48,6 @@ fn only(r: &serde_json::Value, kind: &str) -> u64 {
     }
     assert_eq!(count(r, "errors"), count(r, kind), "errors is the sum: {r}");
     count(r, kind)
-}
-
-/// A TCP server on a thread of its own, handing each connection to `serve` on a
-/// thread of its own.
-fn tcp_server(serve: impl Fn(TcpStream, u64) + Send + Sync + 'static) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("local address");
-    let serve = Arc::new(serve);
-    thread::spawn(move || {
-        for (n, s) in listener.incoming().enumerate() {
-            let Ok(s) = s else { continue };
-            let serve = serve.clone();
-            thread::spawn(move || serve(s, n as u64 + 1));
-        }
-    });
-    format!("tcp://{addr}")
-}
-
-/// Echoes whole messages until the client stops; `false` if it went away.
-fn echo_messages(s: &mut TcpStream, n: usize) -> bool {
-    let mut buf = [0u8; SIZE];
-    for _ in 0..n {
-        if s.read_exact(&mut buf).is_err() || s.write_all(&buf).is_err() {
-            return false;
-        }
-    }
-    true
 }
 
 /// Every 100th connection is reset (SO_LINGER 0, then close) once its message has
@@ -116,7 +86,7 @@ fn resets_are_counted_one_per_reset_connection() {
 #[test]
 fn a_close_with_messages_in_flight_is_eof_early() {
     let url = tcp_server(|mut s, _| {
-        if echo_messages(&mut s, 50) {
+        if echo_messages::<SIZE>(&mut s, 50) {
             let _ = s.shutdown(Shutdown::Write);
             // Read on until the client closes: unread data at close would be a reset.
             let mut sink = [0u8; 4096];

@@ -8,12 +8,9 @@ pub mod util;
 use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use hdrhistogram::Histogram;
-use hdrhistogram::serialization::Deserializer;
 use serde_json::Value;
 
+use util::bench::histogram;
 use util::child::{Proc, bin, expect_failure};
 
 fn start_bench(url: &str, args: &[&str]) -> Child {
@@ -33,14 +30,6 @@ fn finished(child: Child) -> (String, String) {
     let stderr = String::from_utf8(out.stderr).expect("UTF-8 stderr");
     assert!(out.status.success(), "bench failed: {stdout} {stderr}");
     (stdout, stderr)
-}
-
-fn histogram(v: &Value) -> Histogram<u64> {
-    let b64 = v["histogram"].as_str().expect("histogram is a string");
-    let bytes = BASE64.decode(b64).expect("histogram is base64");
-    Deserializer::new()
-        .deserialize(&mut &bytes[..])
-        .expect("histogram decodes")
 }
 
 fn merge(stdin: &str) -> Output {

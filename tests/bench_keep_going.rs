@@ -6,12 +6,12 @@
 pub mod util;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
+use util::bench::{count, echo_messages, tcp_server};
 use util::child::run_bin;
 
 const SIZE: usize = 64;
@@ -31,37 +31,6 @@ fn bench(url: &str, args: &[&str]) -> (Option<i32>, serde_json::Value, Duration)
         )
     });
     (out.status.code(), report, took)
-}
-
-fn count(r: &serde_json::Value, key: &str) -> u64 {
-    r[key].as_u64().unwrap_or_else(|| panic!("no {key} in {r}"))
-}
-
-/// A TCP server handing each connection, numbered from 1, to `serve` on a thread of
-/// its own.
-fn tcp_server(serve: impl Fn(TcpStream, u64) + Send + Sync + 'static) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("local address");
-    let serve = Arc::new(serve);
-    thread::spawn(move || {
-        for (n, s) in listener.incoming().enumerate() {
-            let Ok(s) = s else { continue };
-            let serve = serve.clone();
-            thread::spawn(move || serve(s, n as u64 + 1));
-        }
-    });
-    format!("tcp://{addr}")
-}
-
-/// Echoes `n` whole messages; `false` if the client went away first.
-fn echo_messages(s: &mut TcpStream, n: usize) -> bool {
-    let mut buf = [0u8; SIZE];
-    for _ in 0..n {
-        if s.read_exact(&mut buf).is_err() || s.write_all(&buf).is_err() {
-            return false;
-        }
-    }
-    true
 }
 
 /// Resets the connection (SO_LINGER 0, then close).
@@ -88,12 +57,12 @@ fn reset_connections_are_replaced_and_the_load_goes_on() {
     let url = tcp_server(move |mut s, n| {
         if n <= 6 {
             let mut buf = [0u8; SIZE];
-            if echo_messages(&mut s, 20) && s.read_exact(&mut buf).is_ok() && reset(s) {
+            if echo_messages::<SIZE>(&mut s, 20) && s.read_exact(&mut buf).is_ok() && reset(s) {
                 done.fetch_add(1, Ordering::SeqCst);
             }
             return;
         }
-        echo_messages(&mut s, usize::MAX);
+        echo_messages::<SIZE>(&mut s, usize::MAX);
     });
     let (code, r, took) = bench(&url, &["--keep-going", "--conns", "2", "--secs", "1"]);
     assert_eq!(resets.load(Ordering::SeqCst), 6, "{r}");
@@ -115,10 +84,10 @@ fn reset_connections_are_replaced_and_the_load_goes_on() {
 fn connections_closed_early_are_replaced() {
     let url = tcp_server(|mut s, n| {
         if n > 4 {
-            echo_messages(&mut s, usize::MAX);
+            echo_messages::<SIZE>(&mut s, usize::MAX);
             return;
         }
-        if echo_messages(&mut s, 30) {
+        if echo_messages::<SIZE>(&mut s, 30) {
             let _ = s.shutdown(Shutdown::Write);
             // Read on until the client closes: unread data at close would be a reset.
             let mut sink = [0u8; 4096];
@@ -147,12 +116,12 @@ fn open_loop_replaces_reset_connections() {
     let url = tcp_server(|mut s, n| {
         if n <= 3 {
             let mut buf = [0u8; SIZE];
-            if echo_messages(&mut s, 10) && s.read_exact(&mut buf).is_ok() {
+            if echo_messages::<SIZE>(&mut s, 10) && s.read_exact(&mut buf).is_ok() {
                 reset(s);
             }
             return;
         }
-        echo_messages(&mut s, usize::MAX);
+        echo_messages::<SIZE>(&mut s, usize::MAX);
     });
     let (_, r, _) = bench(
         &url,

@@ -8,12 +8,10 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::Deserializer;
 use serde_json::Value;
 
+use util::bench::histogram;
 use util::child::{Proc, bin, expect_failure};
 use util::fs::TempDir;
 
@@ -55,14 +53,6 @@ fn report_of(out: Output) -> (String, Value) {
     let line = stdout.trim().to_string();
     let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     (line, v)
-}
-
-fn histogram(v: &Value) -> Histogram<u64> {
-    let b64 = v["histogram"].as_str().expect("histogram is a string");
-    let bytes = BASE64.decode(b64).expect("histogram is base64");
-    Deserializer::new()
-        .deserialize(&mut &bytes[..])
-        .expect("histogram decodes")
 }
 
 /// `sockloop bench merge ARGS...` with `stdin` on its standard input.

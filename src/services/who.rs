@@ -49,9 +49,7 @@ pub struct Who {
 
 /// This machine's host name (`gethostname`), or `localhost` when it cannot be read.
 pub(crate) fn hostname() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into())
+    crate::sys::hostname().unwrap_or_else(|| "localhost".into())
 }
 
 impl Default for Who {

@@ -8,12 +8,14 @@
 //! - [`procfs`]: readers of `/proc` (memory, CPU time, socket tables) that fail the
 //!   test when they cannot measure.
 //! - [`pki`]: certificates made at run time for the TLS tests.
+//! - [`bench`]: reading `sockloop bench` reports, and misbehaving servers for it.
 //! - [`balancer`]: HAProxy and nginx as child processes, in front of the binary.
 //!
 //! Every test file declares `pub mod util;`: a public module at the root of the test
 //! crate is what keeps the helpers that one file does not use from being dead code.
 
 pub mod balancer;
+pub mod bench;
 pub mod child;
 pub mod fs;
 pub mod net;

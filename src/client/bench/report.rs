@@ -346,9 +346,7 @@ impl Report {
             histogram_sigfig: t.hist.sigfig(),
             start_unix: wall.start_unix,
             end_unix: wall.end_unix,
-            host: nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            host: crate::sys::hostname().unwrap_or_default(),
             target: cfg.endpoint.to_string(),
             options: RunOptions {
                 mode,
