@@ -434,14 +434,7 @@ impl Conns {
         if let Some(what) = e.conn.take_established() {
             stats.tls_handshakes += 1;
             debug!("conn {}: TLS established: {what}", e.seq);
-            if e.flags.has(Flags::WAITING) {
-                e.flags.set(Flags::WAITING, false);
-                self.waiting -= 1;
-            }
-            if e.flags.timer() == Some(Timer::Handshake) && !e.flags.has(Flags::SHORT_LIVED) {
-                self.stop_timer(key);
-                self.start_timer(key, self.idle_timer());
-            }
+            self.preamble_done(key);
         }
         if open && matches!(input, Input::Data(_)) {
             self.touch(key);
@@ -572,15 +565,23 @@ impl Conns {
                 );
             }
         }
-        // A TLS handshake still to come stays on the deadline counted from the accept,
-        // and so does a short-lived connection.
+        self.preamble_done(key);
+    }
+
+    /// A PROXY header was taken off or a TLS handshake completed: unless a TLS
+    /// handshake is still to come, the connection no longer waits, and it moves from
+    /// the deadline counted from the accept to the idle timer — except a short-lived
+    /// one, whose deadline from the accept holds for its whole life.
+    fn preamble_done(&mut self, key: usize) {
         let e = &mut self.entries[key];
-        if !e.conn.transport().is_handshaking() && e.flags.has(Flags::WAITING) {
+        if e.conn.transport().is_handshaking() {
+            return;
+        }
+        if e.flags.has(Flags::WAITING) {
             e.flags.set(Flags::WAITING, false);
             self.waiting -= 1;
         }
-        let e = &self.entries[key];
-        if !e.conn.transport().is_handshaking() && !e.flags.has(Flags::SHORT_LIVED) {
+        if e.flags.timer() == Some(Timer::Handshake) && !e.flags.has(Flags::SHORT_LIVED) {
             self.stop_timer(key);
             self.start_timer(key, self.idle_timer());
         }
