@@ -108,14 +108,27 @@ fn intervals_add_up_to_the_run_in_json_and_show_on_stderr_in_text() {
     let window = summary["end_unix"].as_f64().expect("end_unix");
     assert!((last["end_unix"].as_f64().expect("end_unix") - window).abs() < 1e-6);
 
-    // Merge reads the summary and passes over the intervals, without a note for each.
+    // Merge reads the intervals with their summary, without a note for any, and
+    // prints them again (one run merged is itself), then the summary.
     let out = merge(&stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "merge failed: {err}");
     assert!(!err.contains("skipped"), "{err}");
-    let merged: Value = serde_json::from_slice(&out.stdout).expect("merged JSON");
-    assert_eq!(merged["msgs"], summary["msgs"]);
-    assert_eq!(merged["runs"], 1);
+    let merged: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("merged JSON"))
+        .collect();
+    let (merged_summary, merged_intervals) = merged.split_last().expect("merged output");
+    assert_eq!(merged_summary["type"], "summary");
+    assert_eq!(merged_summary["msgs"], summary["msgs"]);
+    assert_eq!(merged_summary["runs"], 1);
+    assert_eq!(merged_intervals.len(), intervals.len());
+    for (m, i) in merged_intervals.iter().zip(intervals.iter()) {
+        assert_eq!(m["type"], "interval");
+        for field in ["interval", "msgs", "errors", "p99_us", "histogram"] {
+            assert_eq!(m[field], i[field], "{field}: {m} vs {i}");
+        }
+    }
 
     let (stdout, stderr) = finished(text);
     let lines: Vec<&str> = stderr

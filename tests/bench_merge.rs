@@ -205,6 +205,83 @@ fn three_generators_started_together_merge_into_the_exact_sum() {
     assert!(text.contains("merged      3 runs"), "{text}");
 }
 
+/// Three generators reporting every 0.25 s: the merge adds their intervals up
+/// interval by interval (counts and histograms), prints them before the merged
+/// summary, and draws them.
+#[test]
+fn intervals_of_three_runs_merge_interval_by_interval_and_are_drawn() {
+    let (_server, url) = server();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            start_bench(
+                &url,
+                &["--start-in", "1", "--secs", "1", "--interval", "0.25"],
+            )
+        })
+        .collect();
+    let mut input = String::new();
+    let mut runs: Vec<Vec<Value>> = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().expect("bench");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).expect("UTF-8");
+        runs.push(
+            text.lines()
+                .map(|l| serde_json::from_str(l).expect("JSON"))
+                .collect(),
+        );
+        input.push_str(&text);
+    }
+    let dir = TempDir::new();
+    let plot = dir.join("merged.svg");
+    let out = merge(
+        &["-", "--json", "--plot", &plot.display().to_string()],
+        &input,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let merged: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("merged JSON"))
+        .collect();
+    let (summary, intervals) = merged.split_last().expect("output");
+    assert_eq!(summary["runs"], 3);
+    assert_eq!(intervals.len(), 4, "{intervals:?}");
+    let mut total = 0;
+    for (k, iv) in intervals.iter().enumerate() {
+        assert_eq!(iv["interval"], k as u64 + 1);
+        let mut all = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+        let mut msgs = 0;
+        for run in &runs {
+            let theirs = &run[k];
+            assert_eq!(theirs["interval"], k as u64 + 1, "{theirs}");
+            msgs += theirs["msgs"].as_u64().expect("msgs");
+            all.add(histogram(theirs)).expect("same bounds");
+        }
+        assert_eq!(iv["msgs"].as_u64(), Some(msgs), "{iv}");
+        assert_eq!(
+            iv["p99_us"].as_u64(),
+            Some(all.value_at_quantile(0.99)),
+            "{iv}"
+        );
+        assert_eq!(histogram(iv).len(), msgs);
+        total += msgs;
+    }
+    assert_eq!(summary["msgs"].as_u64(), Some(total), "{summary}");
+
+    let svg = util::svg::Svg::parse(&std::fs::read_to_string(&plot).expect("plot"));
+    assert!(
+        svg.texts.iter().any(|t| t.contains("3 runs merged, on ")),
+        "{:?}",
+        svg.texts
+    );
+    let caption = format!(
+        "Latency by percentile ({} messages, all runs)",
+        util::svg::thousands(total)
+    );
+    assert!(svg.has_text(&caption), "no '{caption}' in {:?}", svg.texts);
+    assert_eq!(svg.lines("#1F77B4", 3)[0].len(), 4, "{:?}", svg.polylines);
+}
+
 #[test]
 fn runs_that_measured_different_things_or_times_are_refused() {
     let (_server, url) = server();

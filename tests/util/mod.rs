@@ -22,3 +22,4 @@ pub mod net;
 pub mod pki;
 pub mod procfs;
 pub mod server;
+pub mod svg;

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,9 +49,16 @@ struct MergeArgs {
     #[arg(value_name = "FILE", required = true)]
     files: Vec<PathBuf>,
 
-    /// Print one JSON object instead of the text report.
+    /// Print JSON objects instead of the text report: the merged intervals, when the
+    /// runs have them, then the merged run.
     #[arg(long)]
     json: bool,
+
+    /// Also draw the merged runs into FILE (.svg, or .html with the SVG inline):
+    /// throughput and latency over time when the runs have intervals, and the latency
+    /// by percentile of all their messages.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
 }
 
 /// The arguments of a run.
@@ -112,6 +119,13 @@ struct RunArgs {
     /// latencies (and histogram), errors by kind and replacements. At least 0.1.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     interval: Option<Duration>,
+
+    /// Draw the run into FILE when it ends (.svg, or .html with the SVG inline):
+    /// throughput and latency percentiles per interval over time, errors marked where
+    /// they happened, and the latency by percentile. Uses --interval's intervals, or
+    /// (without it, and not printing them) 1 s, or a 20th of a shorter run.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
 
     #[command(flatten)]
     tls: ClientTlsArgs,
@@ -184,6 +198,9 @@ fn load(args: RunArgs) -> ExitCode {
         eprintln!("sockloop: bench needs a URL");
         return ExitCode::from(2);
     };
+    if let Err(code) = check_plot(args.plot.as_deref()) {
+        return code;
+    }
     let start_at = match start_time(&args) {
         Ok(t) => t,
         Err(e) => {
@@ -236,14 +253,16 @@ fn load(args: RunArgs) -> ExitCode {
         cfg.timeout = t;
         cfg.stream_timeout = Some(t);
     }
-    cfg.interval = args.interval;
-    let json = args.json;
-    let report = match bench::run_with_intervals(cfg, |i| {
-        if json {
-            println!("{}", i.to_json());
-        } else {
-            eprintln!("{i}");
-        }
+    cfg.interval = args.interval.or_else(|| {
+        args.plot
+            .is_some()
+            .then(|| (args.secs / 20).clamp(bench::INTERVAL_MIN, Duration::from_secs(1)))
+    });
+    let (json, print_intervals) = (args.json, args.interval.is_some());
+    let report = match bench::run_with_intervals(cfg, |i| match (print_intervals, json) {
+        (false, _) => {}
+        (true, true) => println!("{}", i.to_json()),
+        (true, false) => eprintln!("{i}"),
     }) {
         Ok(r) => r,
         Err(e) => {
@@ -257,6 +276,12 @@ fn load(args: RunArgs) -> ExitCode {
     } else {
         println!("{report}");
     }
+    if let Some(path) = &args.plot {
+        if let Err(e) = bench::write_plot(&report, path) {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(1);
+        }
+    }
     if report.errors > 0 && !args.allow_errors {
         ExitCode::from(1)
     } else {
@@ -264,10 +289,29 @@ fn load(args: RunArgs) -> ExitCode {
     }
 }
 
+/// Checks that `--plot` names a file that can be written, before anything is run: a
+/// name that is not `.svg` or `.html` is a usage error (exit 2), a file that cannot
+/// be created an error (exit 1). The file is left empty until the plot is written.
+fn check_plot(path: Option<&Path>) -> Result<(), ExitCode> {
+    let Some(path) = path else { return Ok(()) };
+    if let Err(e) = bench::PlotFormat::for_path(path) {
+        eprintln!("sockloop: --plot: {e}");
+        return Err(ExitCode::from(2));
+    }
+    if let Err(e) = File::create(path) {
+        eprintln!("sockloop: --plot: {}: {e}", path.display());
+        return Err(ExitCode::from(1));
+    }
+    Ok(())
+}
+
 /// `sockloop bench merge`: reads every file, merges, prints like a run. Exit 1 when a
 /// file cannot be read, holds no report, or the runs cannot be merged (one line on
 /// stderr), and — as for a run — when the merged runs counted errors.
 fn merge(args: MergeArgs) -> ExitCode {
+    if let Err(code) = check_plot(args.plot.as_deref()) {
+        return code;
+    }
     let mut runs = Vec::new();
     for path in &args.files {
         let note = |n: String| eprintln!("sockloop: {n}");
@@ -294,10 +338,23 @@ fn merge(args: MergeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for i in &report.intervals {
+        if args.json {
+            println!("{}", i.to_json());
+        } else {
+            println!("{i}");
+        }
+    }
     if args.json {
         println!("{}", report.to_json());
     } else {
         println!("{report}");
+    }
+    if let Some(path) = &args.plot {
+        if let Err(e) = bench::write_plot(&report, path) {
+            eprintln!("sockloop: {e}");
+            return ExitCode::from(1);
+        }
     }
     if report.errors > 0 {
         ExitCode::from(1)

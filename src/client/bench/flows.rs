@@ -194,7 +194,7 @@ fn serve(
                     Some(pos) => {
                         let (seq, due, _) = f.outstanding.remove(pos).expect("a position in range");
                         if f.highest_answered.is_some_and(|h| seq < h) {
-                            tally.faults.reordered += 1;
+                            tally.failures.reordered += 1;
                         }
                         f.highest_answered = f.highest_answered.max(Some(seq));
                         f.recently_answered.push_back(seq);
@@ -212,7 +212,7 @@ fn serve(
                             .iter()
                             .any(|&seq| pattern.check(id(i), seq, 0, reply)) =>
                     {
-                        tally.faults.duplicated += 1;
+                        tally.failures.duplicated += 1;
                     }
                     // A reply that came after all, too late: already counted lost.
                     None if n == cfg.size

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::report::{ReportType, encode_histogram, percentile, write_nonzero};
-use super::{BenchConfig, Faults, Tally, Window};
+use super::report::{Latencies, ReportType, write_nonzero};
+use super::{BenchConfig, Failures, Tally, Window};
 
 /// The shortest interval: boundaries are checked once per poll, up to 100 ms apart
 /// on an idle connection, so shorter intervals would mostly measure the polling.
@@ -46,7 +46,7 @@ pub(crate) struct Counts {
     errors: u64,
     lost: u64,
     replaced: u64,
-    faults: Faults,
+    failures: Failures,
 }
 
 impl Counts {
@@ -57,29 +57,18 @@ impl Counts {
             errors: t.errors,
             lost: t.lost,
             replaced: t.replaced,
-            faults: t.faults,
+            failures: t.failures,
         }
     }
 
     fn since(&self, base: &Counts) -> Counts {
-        let (f, b) = (&self.faults, &base.faults);
         Counts {
             msgs: self.msgs - base.msgs,
             conns_done: self.conns_done - base.conns_done,
             errors: self.errors - base.errors,
             lost: self.lost - base.lost,
             replaced: self.replaced - base.replaced,
-            faults: Faults {
-                connect_refused: f.connect_refused - b.connect_refused,
-                connect_timeouts: f.connect_timeouts - b.connect_timeouts,
-                resets: f.resets - b.resets,
-                eof_early: f.eof_early - b.eof_early,
-                timeouts: f.timeouts - b.timeouts,
-                corrupt: f.corrupt - b.corrupt,
-                other_errors: f.other_errors - b.other_errors,
-                duplicated: f.duplicated - b.duplicated,
-                reordered: f.reordered - b.reordered,
-            },
+            failures: self.failures.since(&base.failures),
         }
     }
 
@@ -89,7 +78,7 @@ impl Counts {
         self.errors += o.errors;
         self.lost += o.lost;
         self.replaced += o.replaced;
-        self.faults.add(&o.faults);
+        self.failures.add(&o.failures);
     }
 }
 
@@ -345,47 +334,19 @@ pub struct IntervalReport {
     pub mb_per_sec: f64,
     /// New connections per second (reconnect mode).
     pub conns_per_sec: Option<f64>,
-    /// Latency percentiles, maximum and mean of its messages, µs.
-    pub p50_us: u64,
-    /// 90th percentile.
-    pub p90_us: u64,
-    /// 99th percentile.
-    pub p99_us: u64,
-    /// 99.9th percentile.
-    pub p999_us: u64,
-    /// The slowest message.
-    pub max_us: u64,
-    /// The mean.
-    pub mean_us: f64,
+    /// The latencies of its messages, µs, and their histogram.
+    #[serde(flatten)]
+    pub latency: Latencies,
     /// Failures in it (the last interval: also those of the drain after the window),
     /// the sum of the kinds below, as in the run's report.
     pub errors: u64,
-    /// See [`Report::connect_refused`](super::Report::connect_refused).
-    pub connect_refused: u64,
-    /// See [`Report::connect_timeouts`](super::Report::connect_timeouts).
-    pub connect_timeouts: u64,
-    /// See [`Report::resets`](super::Report::resets).
-    pub resets: u64,
-    /// See [`Report::eof_early`](super::Report::eof_early).
-    pub eof_early: u64,
-    /// See [`Report::timeouts`](super::Report::timeouts).
-    pub timeouts: u64,
-    /// See [`Report::corrupt`](super::Report::corrupt).
-    pub corrupt: u64,
-    /// See [`Report::other_errors`](super::Report::other_errors).
-    pub other_errors: u64,
     /// Datagrams lost in it (not errors).
     pub lost: u64,
     /// Connections replaced in it (`--keep-going`).
     pub replaced: u64,
-    /// Its latencies, encoded as the run's `histogram` is.
-    pub histogram: String,
-    /// The histogram's lowest discernible value, µs.
-    pub histogram_lowest_us: u64,
-    /// The histogram's highest trackable value, µs.
-    pub histogram_highest_us: u64,
-    /// The histogram's significant decimal digits.
-    pub histogram_sigfig: u8,
+    /// Its failures by kind.
+    #[serde(flatten)]
+    pub failures: Failures,
 }
 
 impl IntervalReport {
@@ -400,7 +361,6 @@ impl IntervalReport {
     ) -> std::io::Result<IntervalReport> {
         let secs = to_secs - from_secs;
         let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-        let f = &c.faults;
         Ok(IntervalReport {
             kind: ReportType::Interval,
             interval,
@@ -413,27 +373,65 @@ impl IntervalReport {
             msgs_per_sec: per_sec(c.msgs),
             mb_per_sec: per_sec(c.msgs) * cfg.size as f64 / 1e6,
             conns_per_sec: cfg.reconnect.then(|| per_sec(c.conns_done)),
-            p50_us: percentile(h, 0.50),
-            p90_us: percentile(h, 0.90),
-            p99_us: percentile(h, 0.99),
-            p999_us: percentile(h, 0.999),
-            max_us: percentile(h, 1.0),
-            mean_us: if h.is_empty() { 0.0 } else { h.mean() },
+            latency: Latencies::of(h)?,
             errors: c.errors,
-            connect_refused: f.connect_refused,
-            connect_timeouts: f.connect_timeouts,
-            resets: f.resets,
-            eof_early: f.eof_early,
-            timeouts: f.timeouts,
-            corrupt: f.corrupt,
-            other_errors: f.other_errors,
             lost: c.lost,
             replaced: c.replaced,
-            histogram: encode_histogram(h)?,
-            histogram_lowest_us: h.low(),
-            histogram_highest_us: h.high(),
-            histogram_sigfig: h.sigfig(),
+            failures: c.failures,
         })
+    }
+
+    /// An interval in which nothing happened, starting at `start_unix`, `secs` long.
+    pub(super) fn empty(start_unix: f64, secs: f64) -> std::io::Result<IntervalReport> {
+        Ok(IntervalReport {
+            kind: ReportType::Interval,
+            interval: 0,
+            from_secs: 0.0,
+            to_secs: secs,
+            start_unix,
+            end_unix: start_unix + secs,
+            secs,
+            msgs: 0,
+            msgs_per_sec: 0.0,
+            mb_per_sec: 0.0,
+            conns_per_sec: None,
+            latency: Latencies::of(&super::latency_histogram())?,
+            errors: 0,
+            lost: 0,
+            replaced: 0,
+            failures: Failures::default(),
+        })
+    }
+
+    /// Adds `o`, an interval of another run over the same time: counts, failures and
+    /// histograms added, rates added; the time spanned is the union of both.
+    pub(super) fn add(&mut self, o: &IntervalReport) -> std::io::Result<()> {
+        let mut h = self.latency.histogram()?;
+        h.add(o.latency.histogram()?).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "interval {}: histograms of different bounds: {e:?}",
+                    o.interval
+                ),
+            )
+        })?;
+        self.latency = Latencies::of(&h)?;
+        self.start_unix = self.start_unix.min(o.start_unix);
+        self.end_unix = self.end_unix.max(o.end_unix);
+        self.secs = self.secs.max(o.secs);
+        self.msgs += o.msgs;
+        self.msgs_per_sec += o.msgs_per_sec;
+        self.mb_per_sec += o.mb_per_sec;
+        self.conns_per_sec = match (self.conns_per_sec, o.conns_per_sec) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.errors += o.errors;
+        self.lost += o.lost;
+        self.replaced += o.replaced;
+        self.failures.add(&o.failures);
+        Ok(())
     }
 
     /// The interval as one line of JSON.
@@ -449,20 +447,14 @@ impl std::fmt::Display for IntervalReport {
         write!(
             f,
             "[{:5.1} s] {:>10.0} msg/s  p50 {} µs  p99 {} µs  max {} µs  errors {}",
-            self.to_secs, self.msgs_per_sec, self.p50_us, self.p99_us, self.max_us, self.errors
+            self.to_secs,
+            self.msgs_per_sec,
+            self.latency.p50_us,
+            self.latency.p99_us,
+            self.latency.max_us,
+            self.errors
         )?;
-        write_nonzero(
-            f,
-            &[
-                ("connect_refused", self.connect_refused),
-                ("connect_timeouts", self.connect_timeouts),
-                ("resets", self.resets),
-                ("eof_early", self.eof_early),
-                ("timeouts", self.timeouts),
-                ("corrupt", self.corrupt),
-                ("other_errors", self.other_errors),
-            ],
-        )?;
+        write_nonzero(f, &self.failures.error_kinds())?;
         if self.replaced > 0 {
             write!(f, "  replaced {}", self.replaced)?;
         }

@@ -15,26 +15,30 @@ use std::io::{self, BufRead};
 
 use hdrhistogram::Histogram;
 
-use super::Report;
-use super::report::{ReportType, WallWindow, encode_histogram};
+use serde::Deserialize;
+
+use super::report::{Failures, Latencies, ReportType, WallWindow};
+use super::{IntervalReport, Report};
 
 fn refuse(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 /// Reads the runs in `input` (named `source` in errors and notes): one JSON object
-/// per line, as `sockloop bench --json` prints them. Lines that are not a JSON object
-/// with a `histogram` — the noise of `kubectl logs`, a progress line, an older report
-/// — are skipped, each with a note handed to `skipped`; the interval reports of
-/// `--interval` (`"type": "interval"`) are skipped silently, their run's summary
-/// standing for them. A line that looks like a run
-/// but does not read as one is an error, and so is an input without any run.
+/// per line, as `sockloop bench --json` prints them. The interval reports of
+/// `--interval` (`"type": "interval"`) that come before a run's summary become its
+/// [`intervals`](Report::intervals). Lines that are not a JSON object with a
+/// `histogram` — the noise of `kubectl logs`, a progress line — are skipped, each
+/// with a note handed to `skipped`, and so are interval reports that no summary
+/// follows (a run that did not finish). A line that looks like a report but does not
+/// read as one is an error, and so is an input without any run.
 pub fn read_runs(
     input: impl BufRead,
     source: &str,
     mut skipped: impl FnMut(String),
 ) -> io::Result<Vec<Report>> {
     let mut runs = Vec::new();
+    let mut pending: Vec<IntervalReport> = Vec::new();
     for (i, line) in input.lines().enumerate() {
         let line = line.map_err(|e| io::Error::new(e.kind(), format!("{source}: {e}")))?;
         let n = i + 1;
@@ -49,33 +53,38 @@ pub fn read_runs(
                 continue;
             }
         };
-        // The interval reports of `--interval --json` come before their run's summary,
-        // which holds all of them: expected in the input, and not runs of their own.
-        if value.get("type").and_then(|t| t.as_str()) == Some("interval")
-            || value.get("interval").is_some()
-        {
-            continue;
-        }
         if value.get("histogram").is_none() {
             skipped(format!("{source}:{n}: no histogram, skipped"));
             continue;
         }
+        let bad = |e: String| refuse(format!("{source}:{n}: {e}"));
+        if value.get("type").and_then(|t| t.as_str()) == Some("interval") {
+            let iv = IntervalReport::deserialize(value)
+                .map_err(|e| bad(format!("not an interval report: {e}")))?;
+            check_count(&iv.latency, iv.msgs).map_err(bad)?;
+            pending.push(iv);
+            continue;
+        }
         // `mode` is a `&'static str`, which rules out `from_value`'s any-lifetime bound;
         // a `Value` deserializes for `'static` as well.
-        let report = <Report as serde::Deserialize>::deserialize(value)
-            .map_err(|e| refuse(format!("{source}:{n}: not a bench report: {e}")))?;
-        // A histogram that disagrees with the count would merge into a wrong answer.
-        let hist = report
-            .latencies()
-            .map_err(|e| refuse(format!("{source}:{n}: {e}")))?;
-        if hist.len() != report.msgs {
-            return Err(refuse(format!(
-                "{source}:{n}: the histogram holds {} messages but msgs is {}",
-                hist.len(),
-                report.msgs
-            )));
-        }
+        let mut report =
+            Report::deserialize(value).map_err(|e| bad(format!("not a bench report: {e}")))?;
+        check_count(&report.latency, report.msgs).map_err(bad)?;
+        // Its intervals are those inside its window (to within a millisecond of
+        // rounding): the input may hold several runs' lines.
+        let (start, end) = (report.start_unix - 1e-3, report.end_unix + 1e-3);
+        let (mine, others) = pending
+            .into_iter()
+            .partition(|iv| iv.start_unix >= start && iv.end_unix <= end);
+        report.intervals = mine;
+        pending = others;
         runs.push(report);
+    }
+    if !pending.is_empty() {
+        skipped(format!(
+            "{source}: {} interval reports without their run's summary, skipped",
+            pending.len()
+        ));
     }
     if runs.is_empty() {
         return Err(refuse(format!("{source}: no bench report (--json) in it")));
@@ -83,17 +92,31 @@ pub fn read_runs(
     Ok(runs)
 }
 
+/// A histogram that disagrees with its count would merge into a wrong answer.
+fn check_count(l: &Latencies, msgs: u64) -> Result<(), String> {
+    let hist = l.histogram().map_err(|e| e.to_string())?;
+    if hist.len() == msgs {
+        Ok(())
+    } else {
+        Err(format!(
+            "the histogram holds {} messages but msgs is {msgs}",
+            hist.len()
+        ))
+    }
+}
+
 /// Combines `runs` into one report, as if one generator had made them all: counts,
 /// bytes and connections added, histograms added (percentiles, maximum and mean read
 /// from the sum), rates added, the window where all the runs' windows overlap, the
-/// longest ramp-up, the first error. Runs of different message size, mode, depth or
-/// PROXY header measured different things and are refused, as are runs whose windows
-/// do not overlap and an empty list; the error says which runs and why.
+/// longest ramp-up, the first error; and their intervals, when they have them, added
+/// up by the time they cover ([`merge_intervals`]). Runs of different message size,
+/// mode, depth or PROXY header measured different things and are refused, as are runs
+/// whose windows do not overlap and an empty list; the error says which runs and why.
 pub fn merge(runs: &[Report]) -> io::Result<Report> {
     let Some(first) = runs.first() else {
         return Err(refuse("no runs to merge".into()));
     };
-    let mut hist: Histogram<u64> = first.latencies()?;
+    let mut hist: Histogram<u64> = first.latency.histogram()?;
     for (i, r) in runs.iter().enumerate().skip(1) {
         let differ = |what: &str, a: String, b: String| {
             refuse(format!(
@@ -122,7 +145,7 @@ pub fn merge(runs: &[Report]) -> io::Result<Report> {
             };
             return Err(differ("--proxy", shown(first.proxy), shown(r.proxy)));
         }
-        hist.add(&r.latencies()?).map_err(|e| {
+        hist.add(&r.latency.histogram()?).map_err(|e| {
             refuse(format!(
                 "run {} ({}): its histogram does not fit the first one's bounds: {e:?}",
                 i + 1,
@@ -145,13 +168,6 @@ pub fn merge(runs: &[Report]) -> io::Result<Report> {
     let sum_n = |f: fn(&Report) -> usize| runs.iter().map(f).sum::<usize>();
     let sum_f = |f: fn(&Report) -> f64| runs.iter().map(f).sum::<f64>();
     let max_u = |f: fn(&Report) -> u64| runs.iter().map(f).max().unwrap_or(0);
-    let q = |p: f64| {
-        if hist.is_empty() {
-            0
-        } else {
-            hist.value_at_quantile(p)
-        }
-    };
     let mut hosts: Vec<&str> = Vec::new();
     for r in runs {
         for h in r.host.split(',') {
@@ -181,12 +197,7 @@ pub fn merge(runs: &[Report]) -> io::Result<Report> {
         conns_per_sec: first
             .conns_per_sec
             .map(|_| runs.iter().filter_map(|r| r.conns_per_sec).sum()),
-        p50_us: q(0.50),
-        p90_us: q(0.90),
-        p99_us: q(0.99),
-        p999_us: q(0.999),
-        max_us: if hist.is_empty() { 0 } else { hist.max() },
-        mean_us: if hist.is_empty() { 0.0 } else { hist.mean() },
+        latency: Latencies::of(&hist)?,
         errors: sum_u(|r| r.errors),
         lost: sum_u(|r| r.lost),
         ramp_secs: runs.iter().map(|r| r.ramp_secs).fold(0.0, f64::max),
@@ -194,15 +205,10 @@ pub fn merge(runs: &[Report]) -> io::Result<Report> {
             .iter()
             .find_map(|r| r.first_error.as_ref().map(|e| format!("{}: {e}", r.host))),
 
-        connect_refused: sum_u(|r| r.connect_refused),
-        connect_timeouts: sum_u(|r| r.connect_timeouts),
-        resets: sum_u(|r| r.resets),
-        eof_early: sum_u(|r| r.eof_early),
-        timeouts: sum_u(|r| r.timeouts),
-        corrupt: sum_u(|r| r.corrupt),
-        other_errors: sum_u(|r| r.other_errors),
-        duplicated: sum_u(|r| r.duplicated),
-        reordered: sum_u(|r| r.reordered),
+        failures: runs.iter().fold(Failures::default(), |mut f, r| {
+            f.add(&r.failures);
+            f
+        }),
 
         // Replacements add up. The gap is the longest any run saw (the runs' gaps do
         // not line up in time exactly enough to intersect them). Connect and
@@ -217,15 +223,60 @@ pub fn merge(runs: &[Report]) -> io::Result<Report> {
         first_reply_p99_us: max_u(|r| r.first_reply_p99_us),
         first_reply_max_us: max_u(|r| r.first_reply_max_us),
 
-        histogram: encode_histogram(&hist)?,
-        histogram_lowest_us: hist.low(),
-        histogram_highest_us: hist.high(),
-        histogram_sigfig: hist.sigfig(),
         start_unix: wall.start_unix,
         end_unix: wall.end_unix,
         host: hosts.join(","),
         target: first.target.clone(),
         options: first.options.clone(),
         runs: sum_u(|r| r.runs),
+        intervals: merge_intervals(runs)?,
     })
+}
+
+/// The intervals of `runs` added up by the time they cover, as if one generator had
+/// reported them: slot *k* covers the *k*-th interval after the earliest run's window
+/// started, and takes every run's interval that started then (to within half an
+/// interval), so runs started with the same `--start-at` add up interval by
+/// interval, and runs started apart land where they were. Counts, failures and
+/// histograms are added, rates too (each is its run's count over its own interval).
+/// Empty when a run has no intervals or the runs' intervals differ in length: there
+/// is no common time grid to add them on.
+pub fn merge_intervals(runs: &[Report]) -> io::Result<Vec<IntervalReport>> {
+    let every = |r: &Report| r.intervals.first().map(|iv| iv.to_secs - iv.from_secs);
+    let Some(step) = runs.first().and_then(every) else {
+        return Ok(Vec::new());
+    };
+    if step <= 0.0
+        || runs
+            .iter()
+            .any(|r| every(r).is_none_or(|s| (s - step).abs() > 1e-3))
+    {
+        return Ok(Vec::new());
+    }
+    let origin = runs.iter().map(|r| r.start_unix).fold(f64::MAX, f64::min);
+    let mut slots: Vec<Option<IntervalReport>> = Vec::new();
+    for iv in runs.iter().flat_map(|r| &r.intervals) {
+        let k = ((iv.start_unix - origin) / step).round().max(0.0) as usize;
+        if slots.len() <= k {
+            slots.resize(k + 1, None);
+        }
+        match &mut slots[k] {
+            None => slots[k] = Some(iv.clone()),
+            Some(sum) => sum.add(iv)?,
+        }
+    }
+    let mut merged = Vec::with_capacity(slots.len());
+    for (k, slot) in slots.into_iter().enumerate() {
+        let from = k as f64 * step;
+        let mut iv = match slot {
+            Some(iv) => iv,
+            // A slot no run reported (runs far apart): nothing happened in it.
+            None => IntervalReport::empty(origin + from, step)?,
+        };
+        iv.interval = k as u64 + 1;
+        iv.from_secs = from;
+        iv.to_secs = from + iv.secs;
+        merged.push(iv);
+    }
+    Ok(merged)
 }

@@ -33,6 +33,7 @@ mod interval;
 mod merge;
 mod messages;
 mod pattern;
+mod plot;
 mod ramp;
 mod reconnect;
 mod report;
@@ -47,8 +48,9 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 
 pub use interval::{INTERVAL_MIN, IntervalReport};
-pub use merge::{merge, read_runs};
-pub use report::{Report, ReportType, RunOptions};
+pub use merge::{merge, merge_intervals, read_runs};
+pub use plot::{PlotFormat, plot_html, plot_svg, write_plot};
+pub use report::{Failures, Latencies, Report, ReportType, RunOptions};
 
 use crate::endpoint::Endpoint;
 
@@ -97,8 +99,8 @@ pub struct BenchConfig {
 
     // Failures by kind.
     /// Streams: a connection whose oldest message has had no complete reply for this
-    /// long is closed and counted in [`Report::timeouts`]; a connect attempt that
-    /// takes longer is abandoned and counted in [`Report::connect_timeouts`] (while
+    /// long is closed and counted in [`Failures::timeouts`]; a connect attempt that
+    /// takes longer is abandoned and counted in [`Failures::connect_timeouts`] (while
     /// ramping up, only once its retries are spent). `None` (the default) waits for
     /// replies until the end of the drain after the window (5 s), so that a slow
     /// server at a high depth is measured rather than failed. Datagrams use
@@ -333,37 +335,6 @@ impl Fault {
     }
 }
 
-/// Failures counted by kind (see the fields of the same names on [`Report`]). Only
-/// touched when something fails: the hot path never sees it.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Faults {
-    pub(crate) connect_refused: u64,
-    pub(crate) connect_timeouts: u64,
-    pub(crate) resets: u64,
-    pub(crate) eof_early: u64,
-    pub(crate) timeouts: u64,
-    pub(crate) corrupt: u64,
-    pub(crate) other_errors: u64,
-    /// Datagrams answered twice or more (not errors).
-    pub(crate) duplicated: u64,
-    /// Datagrams answered after a later one of their flow (not errors).
-    pub(crate) reordered: u64,
-}
-
-impl Faults {
-    fn add(&mut self, o: &Faults) {
-        self.connect_refused += o.connect_refused;
-        self.connect_timeouts += o.connect_timeouts;
-        self.resets += o.resets;
-        self.eof_early += o.eof_early;
-        self.timeouts += o.timeouts;
-        self.corrupt += o.corrupt;
-        self.other_errors += o.other_errors;
-        self.duplicated += o.duplicated;
-        self.reordered += o.reordered;
-    }
-}
-
 /// A histogram for message latencies, µs: 1 µs to an hour, 3 significant digits.
 pub(crate) fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
@@ -381,7 +352,7 @@ pub(crate) struct Tally {
     pub(crate) connected: usize,
     pub(crate) ramp: Duration,
     pub(crate) first_error: Option<String>,
-    pub(crate) faults: Faults,
+    pub(crate) failures: Failures,
     /// Failed connections replaced by new ones (`keep_going`).
     pub(crate) replaced: u64,
     /// Connect times (to established; for TLS to handshake done), µs, per connection.
@@ -412,7 +383,7 @@ impl Tally {
             connected: 0,
             ramp: Duration::ZERO,
             first_error: None,
-            faults: Faults::default(),
+            failures: Failures::default(),
             replaced: 0,
             connect_hist: Histogram::new_with_bounds(1, 3_600_000_000, 2)
                 .expect("valid histogram bounds"),
@@ -455,7 +426,7 @@ impl Tally {
         if n == 0 {
             return;
         }
-        let f = &mut self.faults;
+        let f = &mut self.failures;
         *match kind {
             Fault::ConnectRefused => &mut f.connect_refused,
             Fault::ConnectTimeout => &mut f.connect_timeouts,
@@ -522,7 +493,7 @@ impl Tally {
         self.conns_done += other.conns_done;
         self.errors += other.errors;
         self.lost += other.lost;
-        self.faults.add(&other.faults);
+        self.failures.add(&other.failures);
         self.replaced += other.replaced;
         let _ = self.connect_hist.add(&other.connect_hist);
         let _ = self.first_reply_hist.add(&other.first_reply_hist);
@@ -618,6 +589,12 @@ pub fn run_with_intervals(
     for w in &window_txs {
         let _ = w.send(window);
     }
+    // The report keeps the intervals too, for a plot of the run.
+    let mut intervals = Vec::new();
+    let mut on_interval = |i: &IntervalReport| {
+        on_interval(i);
+        intervals.push(i.clone());
+    };
     let mut emit = |p: interval::Piece| {
         if let Some(c) = collector.as_mut() {
             if cfg.progress {
@@ -657,7 +634,9 @@ pub fn run_with_intervals(
         .map(|&(a, b)| b.saturating_duration_since(a))
         .max()
         .unwrap_or(Duration::ZERO);
-    Report::new(&cfg, threads, &total, longest_gap, &wall)
+    let mut report = Report::new(&cfg, threads, &total, longest_gap, &wall)?;
+    report.intervals = intervals;
+    Ok(report)
 }
 
 /// Gaps shorter than this between one thread's completions are not kept: the run's

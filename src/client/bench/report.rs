@@ -11,7 +11,7 @@ use hdrhistogram::serialization::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{BenchConfig, Tally};
+use super::{BenchConfig, IntervalReport, Tally};
 use crate::client::ProxyVersion;
 
 /// The result of a [`run`](super::run), or of several merged ([`merge`](super::merge)).
@@ -55,7 +55,81 @@ pub struct Report {
     pub mb_per_sec: f64,
     /// New connections per second (reconnect mode).
     pub conns_per_sec: Option<f64>,
-    /// Latency percentiles and maximum, µs (from the intended send time in open loop).
+    /// Latencies of the messages, µs (from the intended send time in open loop), and
+    /// their whole histogram.
+    #[serde(flatten)]
+    pub latency: Latencies,
+    /// Every failure: the sum of the [error kinds](Failures::error_kinds) of
+    /// `failures`. Not `lost`, `duplicated` or `reordered`: datagrams may be lost,
+    /// duplicated and reordered.
+    pub errors: u64,
+    /// Datagrams never answered within the timeout (not errors: datagrams may be lost).
+    pub lost: u64,
+    /// How long connecting took, in seconds.
+    pub ramp_secs: f64,
+    /// What the first error was.
+    pub first_error: Option<String>,
+
+    /// Failures by kind, whose sum (without the datagram kinds) is `errors`.
+    #[serde(flatten)]
+    pub failures: Failures,
+
+    // Keeping the load going, and what connecting costs. `replaced` adds up across
+    // runs, `longest_gap_ms` and the maxima combine as maxima; the percentiles are
+    // per run.
+    /// Failed connections that were replaced by a new one (`--keep-going`); the
+    /// failures themselves are counted by kind above. In `reconnect` mode, failed
+    /// attempts that were followed by another.
+    pub replaced: u64,
+    /// The longest time inside the window in which no reply at all arrived, over the
+    /// whole run (all connections, all threads): between two consecutive completed
+    /// messages, or between the window's start or end and the nearest completion. Gaps
+    /// under 1 ms are reported as 0.
+    pub longest_gap_ms: f64,
+    /// Connect time percentiles and maximum, µs, one sample per connection: from the
+    /// connect call to established, and for TLS to the handshake done.
+    pub connect_p50_us: u64,
+    /// 99th percentile.
+    pub connect_p99_us: u64,
+    /// The slowest connect.
+    pub connect_max_us: u64,
+    /// First-reply time percentiles and maximum, µs, one sample per connection: from
+    /// established (or the first message sent, if later) to the first complete reply.
+    pub first_reply_p50_us: u64,
+    /// 99th percentile.
+    pub first_reply_p99_us: u64,
+    /// The slowest first reply.
+    pub first_reply_max_us: u64,
+
+    // What it takes to merge runs from many hosts exactly (`sockloop bench merge`),
+    // besides the histogram in `latency`: when, where and how the run was made.
+    /// The measured window's start, seconds since the Unix epoch (merged: the latest start).
+    pub start_unix: f64,
+    /// The measured window's end, seconds since the Unix epoch (merged: the earliest end).
+    pub end_unix: f64,
+    /// The host the generator ran on (merged: every distinct host, comma-separated).
+    pub host: String,
+    /// The server measured, as given (the same as `url`).
+    pub target: String,
+    /// The options the generator ran with (merged: those of the first run).
+    pub options: RunOptions,
+    /// How many runs this report stands for: 1, or how many were merged.
+    pub runs: u64,
+    /// The run's interval reports, in order, when it had them ([`BenchConfig::interval`](super::BenchConfig::interval)):
+    /// not part of the report's JSON object (`--json` prints them as objects of their
+    /// own, before it), read back by [`read_runs`](super::read_runs) from the lines
+    /// before it, merged interval by interval by [`merge`](super::merge).
+    #[serde(skip)]
+    pub intervals: Vec<IntervalReport>,
+}
+
+/// The latencies of a run's or an interval's messages, µs: percentiles, maximum and
+/// mean, and the whole histogram they were read from, so that runs can be merged
+/// exactly (`sockloop bench merge`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Latencies {
+    /// The median.
     pub p50_us: u64,
     /// 90th percentile.
     pub p90_us: u64,
@@ -67,20 +141,47 @@ pub struct Report {
     pub max_us: u64,
     /// The mean.
     pub mean_us: f64,
-    /// Every failure: the sum of `connect_refused`, `connect_timeouts`, `resets`,
-    /// `eof_early`, `timeouts`, `corrupt` and `other_errors`. Not `lost`,
-    /// `duplicated` or `reordered`: datagrams may be lost, duplicated and reordered.
-    pub errors: u64,
-    /// Datagrams never answered within the timeout (not errors: datagrams may be lost).
-    pub lost: u64,
-    /// How long connecting took, in seconds.
-    pub ramp_secs: f64,
-    /// What the first error was.
-    pub first_error: Option<String>,
+    /// The latency of every message counted, µs: HdrHistogram's V2 compressed
+    /// encoding (`V2DeflateSerializer`), in base64 (standard alphabet, padded).
+    pub histogram: String,
+    /// The histogram's lowest discernible value, µs.
+    pub histogram_lowest_us: u64,
+    /// The histogram's highest trackable value, µs (slower messages are recorded as this).
+    pub histogram_highest_us: u64,
+    /// The histogram's significant decimal digits.
+    pub histogram_sigfig: u8,
+}
 
-    // Failures by kind. Every one is a count that adds up across runs; the stream
-    // kinds count connections (a connection stops at its first failure), the datagram
-    // ones datagrams.
+impl Latencies {
+    /// The figures of `h`, and `h` encoded.
+    pub(super) fn of(h: &Histogram<u64>) -> io::Result<Latencies> {
+        Ok(Latencies {
+            p50_us: percentile(h, 0.50),
+            p90_us: percentile(h, 0.90),
+            p99_us: percentile(h, 0.99),
+            p999_us: percentile(h, 0.999),
+            max_us: percentile(h, 1.0),
+            mean_us: if h.is_empty() { 0.0 } else { h.mean() },
+            histogram: encode_histogram(h)?,
+            histogram_lowest_us: h.low(),
+            histogram_highest_us: h.high(),
+            histogram_sigfig: h.sigfig(),
+        })
+    }
+
+    /// The histogram, decoded.
+    pub fn histogram(&self) -> io::Result<Histogram<u64>> {
+        decode_histogram(&self.histogram)
+    }
+}
+
+/// Failures by kind. Every one is a count that adds up across runs and intervals; the
+/// stream kinds count connections (a connection stops at its first failure), the
+/// datagram ones datagrams. Only touched when something fails: the hot path never
+/// sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Failures {
     /// Connections given up because the server refused them (`ECONNREFUSED`): while
     /// ramping up, once per connection whose last attempt was refused after the
     /// retries with back-off (a refusal that a retry got past is not counted); in
@@ -111,63 +212,56 @@ pub struct Report {
     /// that failed, a run where no connection succeeded.
     pub other_errors: u64,
     /// Datagrams answered more than once: each reply after the first counts (not an
-    /// error).
+    /// error: datagrams may be duplicated).
     pub duplicated: u64,
     /// Datagrams answered after a later datagram of the same flow had been (not an
-    /// error).
+    /// error: datagrams may be reordered).
     pub reordered: u64,
+}
 
-    // Keeping the load going, and what connecting costs. `replaced` adds up across
-    // runs, `longest_gap_ms` and the maxima combine as maxima; the percentiles are
-    // per run.
-    /// Failed connections that were replaced by a new one (`--keep-going`); the
-    /// failures themselves are counted by kind above. In `reconnect` mode, failed
-    /// attempts that were followed by another.
-    pub replaced: u64,
-    /// The longest time inside the window in which no reply at all arrived, over the
-    /// whole run (all connections, all threads): between two consecutive completed
-    /// messages, or between the window's start or end and the nearest completion. Gaps
-    /// under 1 ms are reported as 0.
-    pub longest_gap_ms: f64,
-    /// Connect time percentiles and maximum, µs, one sample per connection: from the
-    /// connect call to established, and for TLS to the handshake done.
-    pub connect_p50_us: u64,
-    /// 99th percentile.
-    pub connect_p99_us: u64,
-    /// The slowest connect.
-    pub connect_max_us: u64,
-    /// First-reply time percentiles and maximum, µs, one sample per connection: from
-    /// established (or the first message sent, if later) to the first complete reply.
-    pub first_reply_p50_us: u64,
-    /// 99th percentile.
-    pub first_reply_p99_us: u64,
-    /// The slowest first reply.
-    pub first_reply_max_us: u64,
+impl Failures {
+    /// The kinds that are errors, by name, in the order reports list them: `errors`
+    /// is their sum.
+    pub fn error_kinds(&self) -> [(&'static str, u64); 7] {
+        [
+            ("connect_refused", self.connect_refused),
+            ("connect_timeouts", self.connect_timeouts),
+            ("resets", self.resets),
+            ("eof_early", self.eof_early),
+            ("timeouts", self.timeouts),
+            ("corrupt", self.corrupt),
+            ("other_errors", self.other_errors),
+        ]
+    }
 
-    // What it takes to merge runs from many hosts exactly (`sockloop bench merge`):
-    // the whole histogram rather than its percentiles, and when, where and how the
-    // run was made.
-    /// The latency of every message counted, µs: HdrHistogram's V2 compressed
-    /// encoding (`V2DeflateSerializer`), in base64 (standard alphabet, padded).
-    pub histogram: String,
-    /// The histogram's lowest discernible value, µs.
-    pub histogram_lowest_us: u64,
-    /// The histogram's highest trackable value, µs (slower messages are recorded as this).
-    pub histogram_highest_us: u64,
-    /// The histogram's significant decimal digits.
-    pub histogram_sigfig: u8,
-    /// The measured window's start, seconds since the Unix epoch (merged: the latest start).
-    pub start_unix: f64,
-    /// The measured window's end, seconds since the Unix epoch (merged: the earliest end).
-    pub end_unix: f64,
-    /// The host the generator ran on (merged: every distinct host, comma-separated).
-    pub host: String,
-    /// The server measured, as given (the same as `url`).
-    pub target: String,
-    /// The options the generator ran with (merged: those of the first run).
-    pub options: RunOptions,
-    /// How many runs this report stands for: 1, or how many were merged.
-    pub runs: u64,
+    /// Adds `o`'s counts.
+    pub(crate) fn add(&mut self, o: &Failures) {
+        self.connect_refused += o.connect_refused;
+        self.connect_timeouts += o.connect_timeouts;
+        self.resets += o.resets;
+        self.eof_early += o.eof_early;
+        self.timeouts += o.timeouts;
+        self.corrupt += o.corrupt;
+        self.other_errors += o.other_errors;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+    }
+
+    /// The counts since `base` was taken (`self` is later).
+    pub(crate) fn since(&self, base: &Failures) -> Failures {
+        let (f, b) = (self, base);
+        Failures {
+            connect_refused: f.connect_refused - b.connect_refused,
+            connect_timeouts: f.connect_timeouts - b.connect_timeouts,
+            resets: f.resets - b.resets,
+            eof_early: f.eof_early - b.eof_early,
+            timeouts: f.timeouts - b.timeouts,
+            corrupt: f.corrupt - b.corrupt,
+            other_errors: f.other_errors - b.other_errors,
+            duplicated: f.duplicated - b.duplicated,
+            reordered: f.reordered - b.reordered,
+        }
+    }
 }
 
 /// What a JSON object of `sockloop bench --json` is: with `--interval`, the interval
@@ -275,13 +369,6 @@ impl Report {
     ) -> io::Result<Report> {
         let at = percentile;
         let secs = cfg.duration.as_secs_f64();
-        let q = |p: f64| {
-            if t.hist.is_empty() {
-                0
-            } else {
-                t.hist.value_at_quantile(p)
-            }
-        };
         let mode = if cfg.reconnect {
             "reconnect"
         } else if cfg.rate.is_some() {
@@ -306,30 +393,13 @@ impl Report {
             msgs_per_sec: t.msgs as f64 / secs,
             mb_per_sec: (t.msgs as f64 * cfg.size as f64) / secs / 1e6,
             conns_per_sec: cfg.reconnect.then(|| t.conns_done as f64 / secs),
-            p50_us: q(0.50),
-            p90_us: q(0.90),
-            p99_us: q(0.99),
-            p999_us: q(0.999),
-            max_us: if t.hist.is_empty() { 0 } else { t.hist.max() },
-            mean_us: if t.hist.is_empty() {
-                0.0
-            } else {
-                t.hist.mean()
-            },
+            latency: Latencies::of(&t.hist)?,
             errors: t.errors,
             lost: t.lost,
             ramp_secs: t.ramp.as_secs_f64(),
             first_error: t.first_error.clone(),
 
-            connect_refused: t.faults.connect_refused,
-            connect_timeouts: t.faults.connect_timeouts,
-            resets: t.faults.resets,
-            eof_early: t.faults.eof_early,
-            timeouts: t.faults.timeouts,
-            corrupt: t.faults.corrupt,
-            other_errors: t.faults.other_errors,
-            duplicated: t.faults.duplicated,
-            reordered: t.faults.reordered,
+            failures: t.failures,
 
             replaced: t.replaced,
             longest_gap_ms: longest_gap.as_secs_f64() * 1e3,
@@ -340,10 +410,6 @@ impl Report {
             first_reply_p99_us: at(&t.first_reply_hist, 0.99),
             first_reply_max_us: at(&t.first_reply_hist, 1.0),
 
-            histogram: encode_histogram(&t.hist)?,
-            histogram_lowest_us: t.hist.low(),
-            histogram_highest_us: t.hist.high(),
-            histogram_sigfig: t.hist.sigfig(),
             start_unix: wall.start_unix,
             end_unix: wall.end_unix,
             host: crate::sys::hostname().unwrap_or_default(),
@@ -362,25 +428,8 @@ impl Report {
                 start_at: cfg.start_at.map(unix_secs),
             },
             runs: 1,
+            intervals: Vec::new(),
         })
-    }
-
-    /// The latency histogram the report carries, decoded.
-    pub(super) fn latencies(&self) -> io::Result<Histogram<u64>> {
-        decode_histogram(&self.histogram)
-    }
-
-    /// The error kinds, by name, in the order the text report lists them.
-    pub fn error_kinds(&self) -> [(&'static str, u64); 7] {
-        [
-            ("connect_refused", self.connect_refused),
-            ("connect_timeouts", self.connect_timeouts),
-            ("resets", self.resets),
-            ("eof_early", self.eof_early),
-            ("timeouts", self.timeouts),
-            ("corrupt", self.corrupt),
-            ("other_errors", self.other_errors),
-        ]
     }
 
     /// The report as one line of JSON.
@@ -429,7 +478,11 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "  latency µs  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-            self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us
+            self.latency.p50_us,
+            self.latency.p90_us,
+            self.latency.p99_us,
+            self.latency.p999_us,
+            self.latency.max_us
         )?;
         writeln!(
             f,
@@ -455,11 +508,11 @@ impl fmt::Display for Report {
             )?;
         }
         write!(f, "  errors      {}", self.errors)?;
-        write_nonzero(f, &self.error_kinds())?;
+        write_nonzero(f, &self.failures.error_kinds())?;
         let datagrams = [
             ("lost", self.lost),
-            ("duplicated", self.duplicated),
-            ("reordered", self.reordered),
+            ("duplicated", self.failures.duplicated),
+            ("reordered", self.failures.reordered),
         ];
         if datagrams.iter().any(|&(_, n)| n > 0) {
             write!(f, "\n  datagrams  ")?;
