@@ -401,6 +401,7 @@ fn the_bench_job_runs_n_generators_against_the_service_at_one_start_time() {
     assert_eq!(host, str_at(&service, "metadata.name"));
     assert_eq!(port, ECHO_PORT);
     assert!(args.contains(&"--json"));
+    assert_eq!(option(&args, "--interval"), "1");
     assert_eq!(option(&args, "--start-at"), "$(START_AT)");
     assert_eq!(str_at(env(c)["START_AT"], "value"), "${START_AT}");
 }
@@ -431,7 +432,7 @@ fn the_binary_runs_the_bench_jobs_arguments_and_merges_their_output() {
         .map(|a| kubelet_expand(a, &manifest_env))
         .collect();
     args[1] = format!("tcp://{}", server.addr(0));
-    for (option, value) in [("--secs", "0.5"), ("--warmup", "0")] {
+    for (option, value) in [("--secs", "0.5"), ("--warmup", "0"), ("--interval", "0.25")] {
         let i = args.iter().position(|a| a == option).expect(option);
         args[i + 1] = value.to_string();
     }
@@ -441,7 +442,18 @@ fn the_binary_runs_the_bench_jobs_arguments_and_merges_their_output() {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    // Two interval objects, then the summary.
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let objects: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    assert_eq!(objects.len(), 3, "{stdout}");
+    assert!(
+        objects[..2].iter().all(|o| o["type"] == "interval"),
+        "{stdout}"
+    );
+    let report = &objects[2];
     let start: f64 = start_at.parse().unwrap();
     assert!(
         report["start_unix"].as_f64().unwrap() >= start - 0.01,
@@ -456,15 +468,28 @@ fn the_binary_runs_the_bench_jobs_arguments_and_merges_their_output() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("merge");
-    let line = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut stdin = merge.stdin.take().unwrap();
-    stdin.write_all(format!("{line}{line}").as_bytes()).unwrap();
+    stdin
+        .write_all(format!("{stdout}{stdout}").as_bytes())
+        .unwrap();
     drop(stdin);
     let merged = merge.wait_with_output().expect("merge");
     assert!(merged.status.success());
-    let merged: serde_json::Value = serde_json::from_slice(&merged.stdout).expect("JSON");
+    let merged: Vec<serde_json::Value> = String::from_utf8_lossy(&merged.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let summary = merged.last().expect("a merged summary");
     assert_eq!(
-        merged["msgs"].as_u64(),
+        summary["msgs"].as_u64(),
         report["msgs"].as_u64().map(|m| 2 * m)
     );
+    // The pods' intervals, added interval by interval.
+    assert_eq!(merged.len(), 3);
+    for k in 0..2 {
+        assert_eq!(
+            merged[k]["msgs"].as_u64(),
+            objects[k]["msgs"].as_u64().map(|m| 2 * m)
+        );
+    }
 }

@@ -21,7 +21,10 @@
 //!
 //! With `interval`, the measured window is also reported interval by interval while
 //! the run goes on ([`IntervalReport`], see [`run_with_intervals`]), at no cost per
-//! message (see the `interval` module).
+//! message (see the `interval` module). A report keeps its intervals
+//! ([`Report::intervals`]), and [`write_plot`] draws it: throughput and latency per
+//! interval over time, errors marked, and the latency by percentile (see the `plot`
+//! module). Reports of many generators combine exactly with [`merge`].
 //!
 //! With `proxy`, every connection starts with a PROXY protocol header naming a client
 //! of its own (see [`ProxyVersion`](crate::client::ProxyVersion)), so a server that

@@ -152,9 +152,9 @@ fn draw_header(area: &Area<'_>, r: &Report) -> Drawn {
         .map(|v| format!(", PROXY {v} headers"))
         .unwrap_or_default();
     let who = if r.runs > 1 {
-        format!("{} runs merged, on {}", r.runs, shorten(&r.host, 60))
+        format!("; {} runs merged, on {}", r.runs, shorten(&r.host, 60))
     } else {
-        format!("on {}", shorten(&r.host, 60))
+        format!(" on {}", shorten(&r.host, 60))
     };
     let lines = [
         (
@@ -163,7 +163,7 @@ fn draw_header(area: &Area<'_>, r: &Report) -> Drawn {
         ),
         (
             format!(
-                "{} connections, {what}, {} B messages{proxy}, {} thread(s); {:.1} s measured from {} {who}",
+                "{} connections, {what}, {} B messages{proxy}, {} thread(s); {:.1} s measured from {}{who}",
                 r.conns,
                 r.size,
                 r.threads,
