@@ -24,7 +24,7 @@ use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use super::{IntervalReport, Report};
+use super::{IntervalReport, Latencies, Report};
 
 /// The picture's size, pixels.
 const WIDTH: u32 = 1100;
@@ -35,13 +35,47 @@ const HEADER: u32 = 100;
 const FONT: &str = "sans-serif";
 /// Throughput, and the percentile distribution.
 const BLUE: RGBColor = RGBColor(31, 119, 180);
-/// The latency percentiles over time, from the median to the maximum: light to dark.
-const PERCENTILES: [(&str, f64, RGBColor); 5] = [
-    ("p50", 0.50, RGBColor(44, 160, 44)),
-    ("p90", 0.90, RGBColor(188, 189, 34)),
-    ("p99", 0.99, RGBColor(255, 127, 14)),
-    ("p99.9", 0.999, RGBColor(214, 39, 40)),
-    ("max", 1.0, RGBColor(80, 30, 120)),
+/// A latency percentile as drawn: its name, its quantile (1: the maximum), its colour,
+/// and where a report keeps it.
+struct Percentile {
+    name: &'static str,
+    q: f64,
+    color: RGBColor,
+    of: fn(&Latencies) -> u64,
+}
+
+/// The percentiles drawn, from the median to the maximum: light to dark.
+const PERCENTILES: [Percentile; 5] = [
+    Percentile {
+        name: "p50",
+        q: 0.50,
+        color: RGBColor(44, 160, 44),
+        of: |l| l.p50_us,
+    },
+    Percentile {
+        name: "p90",
+        q: 0.90,
+        color: RGBColor(188, 189, 34),
+        of: |l| l.p90_us,
+    },
+    Percentile {
+        name: "p99",
+        q: 0.99,
+        color: RGBColor(255, 127, 14),
+        of: |l| l.p99_us,
+    },
+    Percentile {
+        name: "p99.9",
+        q: 0.999,
+        color: RGBColor(214, 39, 40),
+        of: |l| l.p999_us,
+    },
+    Percentile {
+        name: "max",
+        q: 1.0,
+        color: RGBColor(80, 30, 120),
+        of: |l| l.max_us,
+    },
 ];
 /// Where errors happened.
 const ERROR: RGBColor = RGBColor(220, 20, 20);
@@ -156,10 +190,12 @@ fn draw_header(area: &Area<'_>, r: &Report) -> Drawn {
     } else {
         format!(" on {}", shorten(&r.host, 60))
     };
+    let answer = if r.errors > 0 { ERROR } else { BLACK };
     let lines = [
         (
             format!("sockloop bench {}", shorten(&r.target, 80)),
             (FONT, 22).into_font().style(FontStyle::Bold),
+            BLACK,
         ),
         (
             format!(
@@ -171,6 +207,7 @@ fn draw_header(area: &Area<'_>, r: &Report) -> Drawn {
                 utc(r.start_unix)
             ),
             (FONT, 15).into_font(),
+            BLACK,
         ),
         (
             format!(
@@ -186,15 +223,11 @@ fn draw_header(area: &Area<'_>, r: &Report) -> Drawn {
                 kinds(&r.failures.error_kinds())
             ),
             (FONT, 15).into_font(),
+            answer,
         ),
     ];
     let mut y = 12;
-    for (text, font) in lines {
-        let color = if text.contains("errors 0") || !text.contains("errors ") {
-            BLACK
-        } else {
-            ERROR
-        };
+    for (text, font, color) in lines {
         area.draw(&Text::new(text, (20, y), font.color(&color)))?;
         y += 28;
     }
@@ -263,18 +296,14 @@ fn draw_latency_over_time(area: &Area<'_>, r: &Report) -> Drawn {
         .y_label_formatter(&|v| micros(*v))
         .draw()?;
     shade_errors(&mut chart, r, lo, hi)?;
-    for (name, _, color) in PERCENTILES {
-        let value = |iv: &IntervalReport| match name {
-            "p50" => iv.latency.p50_us,
-            "p90" => iv.latency.p90_us,
-            "p99" => iv.latency.p99_us,
-            "p99.9" => iv.latency.p999_us,
-            _ => iv.latency.max_us,
-        };
+    for Percentile {
+        name, color, of, ..
+    } in PERCENTILES
+    {
         // An interval without messages has no latency: the line breaks there.
         let mut drawn = false;
         for run in segments(r.intervals.iter().map(|iv| {
-            let v = value(iv);
+            let v = of(&iv.latency);
             (v > 0).then(|| (middle(iv), v as f64))
         })) {
             let series = chart.draw_series(LineSeries::new(run, color.stroke_width(2)))?;
@@ -344,7 +373,7 @@ fn draw_distribution(area: &Area<'_>, r: &Report, hist: &Histogram<u64>) -> Draw
         .label("latency")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     // The report's own percentiles, marked and named on the curve.
-    for (name, q, color) in PERCENTILES {
+    for Percentile { name, q, color, .. } in PERCENTILES {
         let v = super::report::percentile(hist, q).max(1) as f64;
         let x = if q >= 1.0 { right } else { 1.0 / (1.0 - q) };
         chart.draw_series([Circle::new((x, v), 5, color.filled())])?;
