@@ -426,3 +426,66 @@ fn bench_bind_spreads_connections_over_the_given_sources() {
     );
     expect_failure(&["bench", &url, "--bind", "not-an-ip"], 2, "not-an-ip");
 }
+
+/// When the source addresses run out of ephemeral ports, the report says how many
+/// connections the run could open (`connected`) and, in its first error, why the rest
+/// failed and what helps; three `--bind` addresses then open all of them. Run in a
+/// network namespace of its own (`unshare -n`, as root), whose port range is ten ports
+/// wide, so that running out takes ten connections rather than 28,000.
+#[test]
+fn bench_says_how_many_connections_the_ports_allowed_and_why() {
+    let dir = TempDir::new();
+    let script = format!(
+        r#"set -e
+ip link set lo up
+sysctl -qw net.ipv4.ip_local_port_range="40000 40009"
+"{bin}" serve --listen tcp://127.0.0.1:5001 >"$DIR/ready" 2>/dev/null &
+server=$!
+# The ready line, within 10 s.
+i=0
+until grep -q '^listening' "$DIR/ready"; do
+  i=$((i + 1)); [ $i -lt 500 ] || {{ echo "no ready line" >&2; exit 1; }}
+  sleep 0.02
+done
+"{bin}" bench tcp://127.0.0.1:5001 --conns 30 --secs 0.3 --bind 127.0.0.1 \
+  --json --allow-errors >"$DIR/one.json"
+"{bin}" bench tcp://127.0.0.1:5001 --conns 30 --secs 0.3 \
+  --bind 127.0.0.1,127.0.0.2,127.0.0.3 --json >"$DIR/three.json"
+kill $server
+"#,
+        bin = bin()
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .env("DIR", dir.path())
+        // ip and sysctl live in /usr/sbin, not on every PATH.
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/sbin:/sbin",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("run unshare (util-linux)");
+    assert!(
+        out.status.success(),
+        "a network namespace of its own (needs root, unshare and ip): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(dir.join(name)).expect("report");
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let one = read("one.json");
+    let connected = one["connected"].as_u64().expect("connected");
+    assert!((1..=10).contains(&connected), "{one}");
+    assert_eq!(one["other_errors"].as_u64(), Some(30 - connected), "{one}");
+    assert_eq!(one["errors"].as_u64(), Some(30 - connected), "{one}");
+    let why = one["first_error"].as_str().expect("first_error");
+    assert!(why.contains("no free local port left"), "{why}");
+    assert!(why.contains("--bind"), "{why}");
+    let three = read("three.json");
+    assert_eq!(three["connected"], 30, "{three}");
+    assert_eq!(three["errors"], 0, "{three}");
+}
