@@ -100,7 +100,18 @@ fn three_generators_started_together_merge_into_the_exact_sum() {
         .collect();
 
     let mut all = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+    // Connect and first-reply times, one sample per connection, summed the same way.
+    let mut connects = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 2).expect("bounds");
+    let mut first_replies = connects.clone();
     for (_, v) in &runs {
+        let field = |key: &str| serde_json::json!({ "histogram": v[key] });
+        let c = histogram(&field("connect_histogram"));
+        assert_eq!(c.len(), 2, "a connect time per connection: {v}");
+        assert_eq!(v["connect_max_us"], c.max());
+        connects.add(&c).expect("same bounds");
+        first_replies
+            .add(histogram(&field("first_reply_histogram")))
+            .expect("same bounds");
         // Every field a merge needs, beside the ones SPEC requires.
         for key in [
             "conns",
@@ -182,6 +193,25 @@ fn three_generators_started_together_merge_into_the_exact_sum() {
             "{m}"
         );
         assert_eq!(m["max_us"].as_u64(), Some(all.max()), "{m}");
+        assert_eq!(
+            m["connect_p99_us"].as_u64(),
+            Some(connects.value_at_quantile(0.99)),
+            "{m}"
+        );
+        assert_eq!(
+            m["connect_p50_us"].as_u64(),
+            Some(connects.value_at_quantile(0.5))
+        );
+        assert_eq!(m["connect_max_us"].as_u64(), Some(connects.max()));
+        assert_eq!(
+            m["first_reply_p99_us"].as_u64(),
+            Some(first_replies.value_at_quantile(0.99)),
+            "{m}"
+        );
+        assert_eq!(
+            histogram(&serde_json::json!({ "histogram": m["connect_histogram"] })).len(),
+            6
+        );
         assert_eq!(m["conns"], 6);
         assert_eq!(m["runs"], 3);
         assert_eq!(histogram(m).len(), sum);
@@ -361,4 +391,28 @@ fn a_start_time_in_the_past_is_a_command_line_error() {
             .expect("bench"),
     );
     assert!(v["msgs"].as_u64().unwrap_or(0) > 0, "{v}");
+}
+
+/// A report from before connect and first-reply histograms were written merges too:
+/// its connection latencies then merge to the largest of the runs' figures, and the
+/// merged report carries no connect histogram rather than a wrong one.
+#[test]
+fn reports_without_connection_histograms_merge_to_the_largest_figures() {
+    let (_server, url) = server();
+    let (line, run) = one_run(&url);
+    let mut older: Value = serde_json::from_str(&line).expect("JSON");
+    let fields = older.as_object_mut().expect("an object");
+    fields
+        .remove("connect_histogram")
+        .expect("a connect histogram");
+    fields
+        .remove("first_reply_histogram")
+        .expect("a first-reply histogram");
+    fields.insert("connect_p99_us".into(), Value::from(1_000_000u64));
+    let input = format!("{line}\n{older}\n");
+    let merged = merged_json(merge(&["-", "--json"], &input));
+    assert_eq!(merged["connect_p99_us"], 1_000_000, "{merged}");
+    assert_eq!(merged["first_reply_max_us"], run["first_reply_max_us"]);
+    assert_eq!(merged["connect_histogram"], "", "{merged}");
+    assert_eq!(merged["msgs"].as_u64(), run["msgs"].as_u64().map(|m| 2 * m));
 }

@@ -17,7 +17,9 @@ use hdrhistogram::Histogram;
 
 use serde::Deserialize;
 
-use super::report::{Failures, Latencies, ReportType, WallWindow};
+use super::report::{
+    Failures, Latencies, ReportType, WallWindow, decode_histogram, encode_histogram, percentile,
+};
 use super::{IntervalReport, Report};
 
 fn refuse(what: String) -> io::Error {
@@ -164,10 +166,11 @@ pub fn merge(runs: &[Report]) -> io::Result<Report> {
             wall.start_unix, wall.end_unix
         )));
     }
+    let connect = Summed::of(runs, |r| &r.connect_histogram)?;
+    let first_reply = Summed::of(runs, |r| &r.first_reply_histogram)?;
     let sum_u = |f: fn(&Report) -> u64| runs.iter().map(f).sum::<u64>();
     let sum_n = |f: fn(&Report) -> usize| runs.iter().map(f).sum::<usize>();
     let sum_f = |f: fn(&Report) -> f64| runs.iter().map(f).sum::<f64>();
-    let max_u = |f: fn(&Report) -> u64| runs.iter().map(f).max().unwrap_or(0);
     let mut hosts: Vec<&str> = Vec::new();
     for r in runs {
         for h in r.host.split(',') {
@@ -212,16 +215,20 @@ pub fn merge(runs: &[Report]) -> io::Result<Report> {
 
         // Replacements add up. The gap is the longest any run saw (the runs' gaps do
         // not line up in time exactly enough to intersect them). Connect and
-        // first-reply figures are kept per run as percentiles only, so the merged ones
-        // are the largest of the runs': an upper bound, exact for the maxima.
+        // first-reply times are read from their summed histograms, like the message
+        // latencies; runs from before those histograms were reported only have their
+        // percentiles, and then the merged ones are the largest of the runs': an upper
+        // bound, exact for the maxima.
         replaced: sum_u(|r| r.replaced),
         longest_gap_ms: runs.iter().map(|r| r.longest_gap_ms).fold(0.0, f64::max),
-        connect_p50_us: max_u(|r| r.connect_p50_us),
-        connect_p99_us: max_u(|r| r.connect_p99_us),
-        connect_max_us: max_u(|r| r.connect_max_us),
-        first_reply_p50_us: max_u(|r| r.first_reply_p50_us),
-        first_reply_p99_us: max_u(|r| r.first_reply_p99_us),
-        first_reply_max_us: max_u(|r| r.first_reply_max_us),
+        connect_p50_us: connect.at(0.50, |r| r.connect_p50_us),
+        connect_p99_us: connect.at(0.99, |r| r.connect_p99_us),
+        connect_max_us: connect.at(1.0, |r| r.connect_max_us),
+        first_reply_p50_us: first_reply.at(0.50, |r| r.first_reply_p50_us),
+        first_reply_p99_us: first_reply.at(0.99, |r| r.first_reply_p99_us),
+        first_reply_max_us: first_reply.at(1.0, |r| r.first_reply_max_us),
+        connect_histogram: connect.encoded()?,
+        first_reply_histogram: first_reply.encoded()?,
 
         start_unix: wall.start_unix,
         end_unix: wall.end_unix,
@@ -231,6 +238,53 @@ pub fn merge(runs: &[Report]) -> io::Result<Report> {
         runs: sum_u(|r| r.runs),
         intervals: merge_intervals(runs)?,
     })
+}
+
+/// A histogram that every run may carry (connect or first-reply times), summed over
+/// the runs; or, when some run does not carry it, the runs' own percentiles.
+struct Summed<'a> {
+    runs: &'a [Report],
+    sum: Option<Histogram<u64>>,
+}
+
+impl<'a> Summed<'a> {
+    fn of(runs: &'a [Report], field: fn(&Report) -> &String) -> io::Result<Summed<'a>> {
+        if runs.iter().any(|r| field(r).is_empty()) {
+            return Ok(Summed { runs, sum: None });
+        }
+        let mut sum: Option<Histogram<u64>> = None;
+        for (i, r) in runs.iter().enumerate() {
+            let h = decode_histogram(field(r))
+                .map_err(|e| refuse(format!("run {} ({}): {e}", i + 1, r.host)))?;
+            match sum.as_mut() {
+                None => sum = Some(h),
+                Some(s) => s.add(&h).map_err(|e| {
+                    refuse(format!(
+                        "run {} ({}): a histogram of other bounds: {e:?}",
+                        i + 1,
+                        r.host
+                    ))
+                })?,
+            }
+        }
+        Ok(Summed { runs, sum })
+    }
+
+    /// The value at quantile `q` of the sum; without one, the largest of the runs'
+    /// `own` figures for it.
+    fn at(&self, q: f64, own: fn(&Report) -> u64) -> u64 {
+        match &self.sum {
+            Some(h) => percentile(h, q),
+            None => self.runs.iter().map(own).max().unwrap_or(0),
+        }
+    }
+
+    /// The sum, encoded; empty without one.
+    fn encoded(&self) -> io::Result<String> {
+        self.sum
+            .as_ref()
+            .map_or(Ok(String::new()), encode_histogram)
+    }
 }
 
 /// The intervals of `runs` added up by the time they cover, as if one generator had

@@ -100,6 +100,14 @@ pub struct Report {
     pub first_reply_p99_us: u64,
     /// The slowest first reply.
     pub first_reply_max_us: u64,
+    /// Every connect time, µs, encoded as the latency `histogram` is (2 significant
+    /// digits), so that merged runs read exact connect percentiles from the sum.
+    /// Empty in reports written before it was added.
+    #[serde(default)]
+    pub connect_histogram: String,
+    /// Every first-reply time, likewise.
+    #[serde(default)]
+    pub first_reply_histogram: String,
 
     // What it takes to merge runs from many hosts exactly (`sockloop bench merge`),
     // besides the histogram in `latency`: when, where and how the run was made.
@@ -409,6 +417,8 @@ impl Report {
             first_reply_p50_us: at(&t.first_reply_hist, 0.50),
             first_reply_p99_us: at(&t.first_reply_hist, 0.99),
             first_reply_max_us: at(&t.first_reply_hist, 1.0),
+            connect_histogram: encode_histogram(&t.connect_hist)?,
+            first_reply_histogram: encode_histogram(&t.first_reply_hist)?,
 
             start_unix: wall.start_unix,
             end_unix: wall.end_unix,
