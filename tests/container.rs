@@ -179,10 +179,7 @@ impl Podman {
         let start = Instant::now();
         let build_context = format!("build={}", context.path().display());
         let dockerfile = repo().join("Dockerfile");
-        // One build at a time: podman's builds share its storage, and two running at
-        // once have been seen to trip over each other's intermediate containers.
-        static BUILDING: Mutex<()> = Mutex::new(());
-        let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = storage_lock();
         // `--format docker`: the OCI format has no HEALTHCHECK.
         self.ok(&[
             "build",
@@ -209,8 +206,19 @@ struct Image<'a> {
 
 impl Drop for Image<'_> {
     fn drop(&mut self) {
+        let _one = storage_lock();
         let _ = self.podman.run(&["rmi", "-f", &self.name]);
     }
+}
+
+/// Held while an image is built or removed: one at a time. The tests' images are
+/// built from one Dockerfile, so they share cached layers; two builds at once have
+/// been seen to trip over each other's intermediate containers, and removing one
+/// test's image (`rmi -f`) while another's build commits removed that build's
+/// container from under it ("container not known").
+fn storage_lock() -> std::sync::MutexGuard<'static, ()> {
+    static STORAGE: Mutex<()> = Mutex::new(());
+    STORAGE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Host ports for a container: the echo port (TCP and UDP) and the metrics port.
