@@ -56,6 +56,51 @@ pub(super) struct Lane {
     pub(super) established: Option<Instant>,
 }
 
+/// A connection being opened: connected, then its PROXY header (when the run sends
+/// them) written, before it becomes a [`Lane`] and carries messages. The ramp-up opens
+/// every connection this way, and `keep_going` its replacements.
+pub(super) struct Opening {
+    pub(super) conn: Connection,
+    /// When the connect call was made.
+    pub(super) started: Instant,
+    /// When the connect completed.
+    established: Option<Instant>,
+    /// Once established: the PROXY header, until the socket has taken all of it.
+    header: Option<Preamble>,
+}
+
+/// Why an [`Opening`] failed.
+pub(super) enum OpenFailed {
+    /// The connect itself.
+    Connect(io::Error),
+    /// Writing the PROXY header after it.
+    Header(Fault),
+}
+
+impl Opening {
+    pub(super) fn new(conn: Connection, started: Instant) -> Opening {
+        Opening {
+            conn,
+            started,
+            established: None,
+            header: None,
+        }
+    }
+
+    /// The lane of connection `id`, once [`Driver::open`] said it is open. A plain
+    /// stream's connect time was recorded when it connected; a TLS one's is once its
+    /// handshake is done (see [`Driver::serve`]).
+    pub(super) fn into_lane(self, id: u32) -> Lane {
+        let mut lane = Lane::new(id, self.conn);
+        if lane.conn.transport().is_tls() {
+            lane.handshake_from = Some(self.started);
+        } else {
+            lane.established = self.established;
+        }
+        lane
+    }
+}
+
 impl Lane {
     pub(super) fn new(id: u32, conn: Connection) -> Self {
         Lane {
@@ -165,6 +210,32 @@ impl<'a> Driver<'a> {
             proxy::made_up_source(target, n),
             target,
         )))
+    }
+
+    /// Takes event `ev` for a connection being opened, `n`th of the run (for its PROXY
+    /// header): `Ok(true)` once it is connected and its header, if any, has gone, so
+    /// that it may become a lane ([`Opening::into_lane`]); `Ok(false)` while not yet.
+    pub(super) fn open(&mut self, o: &mut Opening, ev: &Event, n: u64) -> Result<bool, OpenFailed> {
+        if o.established.is_none() {
+            if !socket::connect_settled(ev) {
+                return Ok(false);
+            }
+            socket::finish_connect(o.conn.transport()).map_err(OpenFailed::Connect)?;
+            let now = Instant::now();
+            if !o.conn.transport().is_tls() {
+                self.tally.connect_time(o.started, now);
+            }
+            o.established = Some(now);
+            o.header = self.proxy_header(n);
+        }
+        o.conn.add_event(ev);
+        // The PROXY header goes first, alone; the lane's session starts after it.
+        match o.header.as_mut() {
+            Some(h) => self
+                .write_header(&mut o.conn, h)
+                .map_err(OpenFailed::Header),
+            None => Ok(true),
+        }
     }
 
     /// Writes what is left of a connection's PROXY header while its socket takes it;

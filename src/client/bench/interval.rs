@@ -43,7 +43,6 @@ pub(super) fn count(duration: Duration, every: Duration) -> u64 {
 pub(crate) struct Counts {
     msgs: u64,
     conns_done: u64,
-    errors: u64,
     lost: u64,
     replaced: u64,
     failures: Failures,
@@ -54,7 +53,6 @@ impl Counts {
         Counts {
             msgs: t.msgs,
             conns_done: t.conns_done,
-            errors: t.errors,
             lost: t.lost,
             replaced: t.replaced,
             failures: t.failures,
@@ -65,7 +63,6 @@ impl Counts {
         Counts {
             msgs: self.msgs - base.msgs,
             conns_done: self.conns_done - base.conns_done,
-            errors: self.errors - base.errors,
             lost: self.lost - base.lost,
             replaced: self.replaced - base.replaced,
             failures: self.failures.since(&base.failures),
@@ -75,7 +72,6 @@ impl Counts {
     fn add(&mut self, o: &Counts) {
         self.msgs += o.msgs;
         self.conns_done += o.conns_done;
-        self.errors += o.errors;
         self.lost += o.lost;
         self.replaced += o.replaced;
         self.failures.add(&o.failures);
@@ -374,7 +370,7 @@ impl IntervalReport {
             mb_per_sec: per_sec(c.msgs) * cfg.size as f64 / 1e6,
             conns_per_sec: cfg.reconnect.then(|| per_sec(c.conns_done)),
             latency: Latencies::of(h)?,
-            errors: c.errors,
+            errors: c.failures.errors(),
             lost: c.lost,
             replaced: c.replaced,
             failures: c.failures,

@@ -9,12 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::driver::{Driver, Lane};
+use super::driver::{Driver, Lane, OpenFailed, Opening};
 use super::reconnect::backoff;
 use super::{Fault, Schedule, Window};
-use crate::client::proxy::Preamble;
-use crate::conn::Connection;
-use crate::socket;
 use crate::token::{self, Target};
 
 /// `keep_going`: what a slot whose connection failed is doing about it.
@@ -27,16 +24,8 @@ struct Spare {
     failures: u32,
     /// The next attempt is due then.
     retry_at: Option<Instant>,
-    /// The attempt under way.
-    pending: Option<Pending>,
-}
-
-/// A replacement being connected.
-struct Pending {
-    conn: Connection,
-    started: Instant,
-    established: bool,
-    header: Option<Preamble>,
+    /// The replacement being opened.
+    pending: Option<Opening>,
 }
 
 pub(super) fn run(d: &mut Driver<'_>, window: &Window, lanes: &mut [Option<Lane>]) {
@@ -218,14 +207,7 @@ fn replace(
                 spare.retry_at = None;
                 spare.generation = spare.generation.wrapping_add(1);
                 match d.connect(i, spare.generation) {
-                    Ok(conn) => {
-                        spare.pending = Some(Pending {
-                            conn,
-                            started: now,
-                            established: false,
-                            header: None,
-                        })
-                    }
+                    Ok(conn) => spare.pending = Some(Opening::new(conn, now)),
                     Err(e) => {
                         d.tally
                             .fail(Fault::of_connect(&e), || format!("connect: {e}"));
@@ -249,36 +231,17 @@ fn connecting(
     slot: &mut Option<Lane>,
     spare: &mut Spare,
 ) {
-    let Some(p) = spare.pending.as_mut() else {
+    let Some(o) = spare.pending.as_mut() else {
         return;
     };
     let id = d.share.first + i as u32;
-    if !p.established {
-        if !socket::connect_settled(ev) {
-            return;
-        }
-        if let Err(e) = socket::finish_connect(p.conn.transport()) {
-            d.tally
-                .fail(Fault::of_connect(&e), || format!("connect: {e}"));
-            lost(d, window, slot, spare);
-            return;
-        }
-        p.established = true;
-        // Every connection of the run names a client of its own.
-        let n = u64::from(id) + u64::from(spare.generation) * d.share.cfg.conns as u64;
-        p.header = d.proxy_header(n);
-    }
-    p.conn.add_event(ev);
-    let sent = match p.header.as_mut() {
-        Some(h) => d.write_header(&mut p.conn, h),
-        None => Ok(true),
-    };
-    match sent {
+    // Every connection of the run names a client of its own.
+    let n = u64::from(id) + u64::from(spare.generation) * d.share.cfg.conns as u64;
+    match d.open(o, ev, n) {
         Ok(false) => {}
         Ok(true) => {
-            if let Some(p) = spare.pending.take() {
-                let mut lane = Lane::new(id, p.conn);
-                lane.connected(d.tally, p.started);
+            if let Some(o) = spare.pending.take() {
+                let mut lane = o.into_lane(id);
                 let now = Instant::now();
                 if d.share.rate.is_none() && now < window.end {
                     d.issue(&mut lane, d.share.cfg.depth, now);
@@ -290,7 +253,12 @@ fn connecting(
                 }
             }
         }
-        Err(f) => {
+        Err(OpenFailed::Connect(e)) => {
+            d.tally
+                .fail(Fault::of_connect(&e), || format!("connect: {e}"));
+            lost(d, window, slot, spare);
+        }
+        Err(OpenFailed::Header(f)) => {
             d.tally.error(|| format!("conn {id}: PROXY header: {f}"));
             lost(d, window, slot, spare);
         }

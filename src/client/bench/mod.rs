@@ -343,6 +343,12 @@ pub(crate) fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// A histogram for connect and first-reply times, µs: one sample per connection, so
+/// 2 significant digits are plenty.
+fn connection_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
+}
+
 /// What one thread measured.
 pub(crate) struct Tally {
     pub(crate) hist: Histogram<u64>,
@@ -350,7 +356,6 @@ pub(crate) struct Tally {
     pub(crate) msgs: u64,
     /// Connections (reconnect mode) completed inside the window.
     pub(crate) conns_done: u64,
-    pub(crate) errors: u64,
     pub(crate) lost: u64,
     pub(crate) connected: usize,
     pub(crate) ramp: Duration,
@@ -381,17 +386,14 @@ impl Tally {
             hist: latency_histogram(),
             msgs: 0,
             conns_done: 0,
-            errors: 0,
             lost: 0,
             connected: 0,
             ramp: Duration::ZERO,
             first_error: None,
             failures: Failures::default(),
             replaced: 0,
-            connect_hist: Histogram::new_with_bounds(1, 3_600_000_000, 2)
-                .expect("valid histogram bounds"),
-            first_reply_hist: Histogram::new_with_bounds(1, 3_600_000_000, 2)
-                .expect("valid histogram bounds"),
+            connect_hist: connection_histogram(),
+            first_reply_hist: connection_histogram(),
             gaps: Vec::new(),
             last_done: None,
             published: 0,
@@ -439,7 +441,6 @@ impl Tally {
             Fault::Corrupt => &mut f.corrupt,
             Fault::Other => &mut f.other_errors,
         } += n;
-        self.errors += n;
         self.live.errors.fetch_add(n, Ordering::Relaxed);
         if self.first_error.is_none() {
             self.first_error = Some(what());
@@ -494,7 +495,6 @@ impl Tally {
         let _ = self.hist.add(&other.hist);
         self.msgs += other.msgs;
         self.conns_done += other.conns_done;
-        self.errors += other.errors;
         self.lost += other.lost;
         self.failures.add(&other.failures);
         self.replaced += other.replaced;

@@ -7,10 +7,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::Fault;
-use super::driver::{Driver, Lane, retriable};
-use crate::client::proxy::Preamble;
-use crate::conn::Connection;
-use crate::socket;
+use super::driver::{Driver, Lane, OpenFailed, Opening, retriable};
 use crate::token::{self, Target};
 
 /// Connections being set up at once.
@@ -24,20 +21,6 @@ const ATTEMPTS: u32 = 12;
 /// not before when.
 type Attempt = (usize, u32, Instant);
 
-/// A connection being set up, on its `attempt`th attempt.
-struct Pending {
-    conn: Connection,
-    attempt: u32,
-    /// When the attempt started, for the stream timeout.
-    started: Instant,
-    /// The connect has completed.
-    established: bool,
-    /// When it did (plain streams: the connect time is recorded then).
-    established_at: Option<Instant>,
-    /// Once established: the PROXY header, until the socket has taken all of it.
-    header: Option<Preamble>,
-}
-
 /// Opens every connection of the driver's share, each with its PROXY header sent if
 /// the run sends them; a connection that could not be opened is `None` (and counted
 /// as an error).
@@ -45,7 +28,7 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
     let n = d.share.conns;
     let mut lanes: Vec<Option<Lane>> = (0..n).map(|_| None).collect();
     // Connections under way, with the attempt they are on.
-    let mut connecting: Vec<Option<Pending>> = (0..n).map(|_| None).collect();
+    let mut connecting: Vec<Option<(Opening, u32)>> = (0..n).map(|_| None).collect();
     let mut queue: VecDeque<Attempt> = (0..n).map(|i| (i, 0, Instant::now())).collect();
     let mut in_progress = 0;
     let mut connected = 0;
@@ -66,14 +49,7 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
             }
             match d.connect(i, 0) {
                 Ok(conn) => {
-                    connecting[i] = Some(Pending {
-                        conn,
-                        attempt,
-                        started: now,
-                        established: false,
-                        established_at: None,
-                        header: None,
-                    });
+                    connecting[i] = Some((Opening::new(conn, now), attempt));
                     in_progress += 1;
                 }
                 Err(e) => retry(&mut queue, d, i, attempt, &e, &mut failed),
@@ -83,14 +59,14 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
         // refused one would be.
         if let Some(limit) = d.share.cfg.stream_timeout {
             for (i, slot) in connecting.iter_mut().enumerate() {
-                let late = slot.take_if(|p| p.started.elapsed() >= limit);
-                if let Some(p) = late {
+                let late = slot.take_if(|(o, _)| o.started.elapsed() >= limit);
+                if let Some((_, attempt)) = late {
                     in_progress -= 1;
                     let e = io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("not connected within {limit:?}"),
                     );
-                    retry(&mut queue, d, i, p.attempt, &e, &mut failed);
+                    retry(&mut queue, d, i, attempt, &e, &mut failed);
                 }
             }
         }
@@ -102,57 +78,30 @@ pub(super) fn run(d: &mut Driver<'_>) -> Vec<Option<Lane>> {
             let Target::Conn { key: i, .. } = token::decode(ev.token()) else {
                 continue;
             };
-            let Some(p) = connecting.get_mut(i).and_then(Option::as_mut) else {
+            let Some((o, attempt)) = connecting.get_mut(i).and_then(Option::as_mut) else {
                 continue;
             };
             let id = d.share.first + i as u32;
-            if !p.established {
-                if !socket::connect_settled(ev) {
-                    continue;
-                }
-                if let Err(e) = socket::finish_connect(p.conn.transport()) {
-                    let attempt = p.attempt;
-                    connecting[i] = None;
-                    in_progress -= 1;
-                    retry(&mut queue, d, i, attempt, &e, &mut failed);
-                    continue;
-                }
-                p.established = true;
-                if !p.conn.transport().is_tls() {
-                    let now = Instant::now();
-                    d.tally.connect_time(p.started, now);
-                    p.established_at = Some(now);
-                }
-                p.header = d.proxy_header(u64::from(id));
-            }
-            p.conn.add_event(ev);
-            // The PROXY header goes first, alone; the lane's session starts after it.
-            let sent = match p.header.as_mut() {
-                Some(h) => d.write_header(&mut p.conn, h),
-                None => Ok(true),
-            };
-            match sent {
+            let failure = match d.open(o, ev, u64::from(id)) {
                 Ok(false) => continue,
-                Ok(true) => {
-                    if let Some(p) = connecting[i].take() {
-                        in_progress -= 1;
-                        connected += 1;
-                        let mut lane = Lane::new(id, p.conn);
-                        lane.established = p.established_at;
-                        if lane.conn.transport().is_tls() {
-                            lane.handshake_from = Some(p.started);
-                        }
-                        lanes[i] = Some(lane);
-                    }
-                }
-                Err(fault) => {
-                    let attempt = p.attempt;
-                    connecting[i] = None;
-                    in_progress -= 1;
+                Ok(true) => None,
+                Err(OpenFailed::Connect(e)) => Some(e),
+                Err(OpenFailed::Header(fault)) => {
                     let e = io::Error::from(fault);
-                    let e = io::Error::new(e.kind(), format!("PROXY header: {e}"));
-                    retry(&mut queue, d, i, attempt, &e, &mut failed);
+                    Some(io::Error::new(e.kind(), format!("PROXY header: {e}")))
                 }
+            };
+            let attempt = *attempt;
+            let Some((o, _)) = connecting[i].take() else {
+                continue;
+            };
+            in_progress -= 1;
+            match failure {
+                None => {
+                    connected += 1;
+                    lanes[i] = Some(o.into_lane(id));
+                }
+                Some(e) => retry(&mut queue, d, i, attempt, &e, &mut failed),
             }
         }
         d.put_events(events);

@@ -201,7 +201,7 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
     }
     d.tally.connected = d.share.conns;
     // Only when nothing else says why: the failures already counted do.
-    if successes == 0 && d.tally.errors == 0 {
+    if successes == 0 && d.tally.failures.errors() == 0 {
         d.tally
             .error(|| format!("no connection succeeded ({refused} attempts turned away)"));
     }

@@ -228,6 +228,11 @@ pub struct Failures {
 }
 
 impl Failures {
+    /// The errors: the sum of the [error kinds](Self::error_kinds).
+    pub fn errors(&self) -> u64 {
+        self.error_kinds().iter().map(|&(_, n)| n).sum()
+    }
+
     /// The kinds that are errors, by name, in the order reports list them: `errors`
     /// is their sum.
     pub fn error_kinds(&self) -> [(&'static str, u64); 7] {
@@ -402,7 +407,7 @@ impl Report {
             mb_per_sec: (t.msgs as f64 * cfg.size as f64) / secs / 1e6,
             conns_per_sec: cfg.reconnect.then(|| t.conns_done as f64 / secs),
             latency: Latencies::of(&t.hist)?,
-            errors: t.errors,
+            errors: t.failures.errors(),
             lost: t.lost,
             ramp_secs: t.ramp.as_secs_f64(),
             first_error: t.first_error.clone(),
