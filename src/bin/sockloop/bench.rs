@@ -271,18 +271,30 @@ fn load(args: RunArgs) -> ExitCode {
             return ExitCode::from(if bad_arguments { 2 } else { 1 });
         }
     };
-    if args.json {
+    conclude(&report, args.json, args.plot.as_deref(), args.allow_errors)
+}
+
+/// Prints `report` (text, or JSON), draws it into `plot` if asked, and gives the exit
+/// code: 1 when the plot cannot be written, or when errors were counted and not
+/// allowed.
+fn conclude(
+    report: &bench::Report,
+    json: bool,
+    plot: Option<&Path>,
+    allow_errors: bool,
+) -> ExitCode {
+    if json {
         println!("{}", report.to_json());
     } else {
         println!("{report}");
     }
-    if let Some(path) = &args.plot {
-        if let Err(e) = bench::write_plot(&report, path) {
+    if let Some(path) = plot {
+        if let Err(e) = bench::write_plot(report, path) {
             eprintln!("sockloop: {e}");
             return ExitCode::from(1);
         }
     }
-    if report.errors > 0 && !args.allow_errors {
+    if report.errors > 0 && !allow_errors {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -345,20 +357,5 @@ fn merge(args: MergeArgs) -> ExitCode {
             println!("{i}");
         }
     }
-    if args.json {
-        println!("{}", report.to_json());
-    } else {
-        println!("{report}");
-    }
-    if let Some(path) = &args.plot {
-        if let Err(e) = bench::write_plot(&report, path) {
-            eprintln!("sockloop: {e}");
-            return ExitCode::from(1);
-        }
-    }
-    if report.errors > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    conclude(&report, args.json, args.plot.as_deref(), false)
 }
