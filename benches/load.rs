@@ -447,6 +447,22 @@ fn hold_memory(server: &Server, n: usize) {
     );
 }
 
+/// `sockloop serve` on TCP and UDP loopback listeners, then `extra` arguments, logging
+/// warnings only.
+fn sockloop_serve(extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockloop"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--listen",
+        "udp://127.0.0.1:0",
+    ])
+    .args(extra)
+    .env("RUST_LOG", "warn");
+    cmd
+}
+
 /// A server process and its ready lines.
 struct Server {
     name: &'static str,
@@ -461,38 +477,20 @@ struct Server {
 impl Server {
     /// `sockloop serve` on TCP and UDP, and on TLS too when given certificates.
     fn sockloop(pki: Option<&pki::Pki>) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockloop"));
-        cmd.args([
-            "serve",
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--listen",
-            "udp://127.0.0.1:0",
-        ]);
+        let mut cmd = sockloop_serve(&[]);
         if let Some(p) = pki {
             cmd.args(["--listen", "tls://127.0.0.1:0", "--tls-cert"])
                 .arg(&p.server_cert)
                 .arg("--tls-key")
                 .arg(&p.server_key);
         }
-        cmd.env("RUST_LOG", "warn");
         Server::start("sockloop", cmd, pki.is_some(), false)
     }
 
     /// `sockloop serve` on TCP and UDP, and on a TCP listener expecting a PROXY v2
     /// header.
     fn sockloop_proxied() -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockloop"));
-        cmd.args([
-            "serve",
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--listen",
-            "udp://127.0.0.1:0",
-            "--listen",
-            "tcp://127.0.0.1:0?proxy=v2",
-        ]);
-        cmd.env("RUST_LOG", "warn");
+        let cmd = sockloop_serve(&["--listen", "tcp://127.0.0.1:0?proxy=v2"]);
         Server::start("sockloop", cmd, false, true)
     }
 
