@@ -163,6 +163,9 @@ pub(super) fn run(d: &mut Driver<'_>, window: &Window) {
                                 }
                                 s.header = None;
                                 s.retry_at = Some(Instant::now() + Duration::from_millis(10));
+                                if keep_going {
+                                    failed_again(d, s, window);
+                                }
                                 continue;
                             }
                         }
