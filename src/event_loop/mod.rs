@@ -250,9 +250,7 @@ impl<S: Service> EventLoop<S> {
 
     /// The counters so far.
     pub fn stats(&self) -> Stats {
-        let mut s = self.stats.clone();
-        self.conns.fill_gauges(&mut s);
-        s
+        self.conns.with_gauges(&self.stats)
     }
 
     /// The service, for reading its own state between turns.
