@@ -125,8 +125,6 @@ pub struct EventLoop<S: Service> {
     /// Set at the first signal when there is a drain delay: still serving, not ready,
     /// until then (see [`lifecycle`](crate::lifecycle)).
     not_ready_until: Option<Instant>,
-    /// The observer was told the loop is no longer ready.
-    announced_draining: bool,
     /// When the observer last got the counters, and the event count then (nothing
     /// new since: nothing to tell).
     last_status: Instant,
@@ -211,7 +209,6 @@ impl<S: Service> EventLoop<S> {
             signals,
             draining_until: None,
             not_ready_until: None,
-            announced_draining: false,
             last_status: now,
             status_events: 0,
             finished: false,
