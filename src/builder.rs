@@ -285,12 +285,8 @@ impl Builder {
         if n > 1 {
             self.config.reuse_port = true;
         }
-        // The memory ceiling is the process's: each loop gets its share (never less than
-        // one connection's own limit, on a machine too small for the quarter rule).
-        if self.config.max_outbuf_total.is_none() {
-            let share = sys::default_max_outbuf_total() / n;
-            self.config.max_outbuf_total = Some(share.max(self.config.max_outbuf));
-        }
+        // The memory ceiling is the process's: each loop gets its share.
+        self.config.max_outbuf_total = Some(self.config.max_outbuf_total_per_loop(n));
         // For each listener: bind it again (internet addresses), or share loop 0's socket.
         let plan: Vec<(bool, ListenOptions)> = self
             .listen
@@ -339,9 +335,7 @@ fn limits(config: &Config) -> io::Result<Limits> {
     Ok(Limits {
         max_conns: max_conns.min(token::MAX_KEY),
         max_outbuf: config.max_outbuf,
-        max_outbuf_total: config
-            .max_outbuf_total
-            .unwrap_or_else(|| sys::default_max_outbuf_total().max(config.max_outbuf)),
+        max_outbuf_total: config.max_outbuf_total_per_loop(1),
         high_water: config.high_water,
         low_water: config.low_water,
         idle_ms: config.idle_timeout.map(|d| d.as_millis() as u64),

@@ -109,6 +109,17 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The output ceiling of each of `loops` loops: [`max_outbuf_total`](Self::max_outbuf_total)
+    /// when it is set (it is already a loop's), else the loop's share of the default —
+    /// a quarter of the memory available to the process — but never less than
+    /// `max_outbuf`: on a machine too small for the quarter rule, a smaller share would
+    /// close a single connection before its own limit.
+    pub fn max_outbuf_total_per_loop(&self, loops: usize) -> usize {
+        self.max_outbuf_total.unwrap_or_else(|| {
+            (crate::sys::default_max_outbuf_total() / loops.max(1)).max(self.max_outbuf)
+        })
+    }
+
     /// Checks that the limits fit together; the builder calls it before binding anything.
     ///
     /// Refused, with an [`InvalidInput`](io::ErrorKind::InvalidInput) error of one line:

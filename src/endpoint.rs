@@ -158,6 +158,20 @@ pub struct Url {
 }
 
 impl Url {
+    /// `endpoint` with the pairs of `query` (what follows a `?`), split as a whole
+    /// URL's query is: for an address that comes without a URL, such as a socket a
+    /// service manager passes, but takes the same options.
+    pub fn with_query(endpoint: Endpoint, query: &str) -> Result<Url, ParseError> {
+        let pairs = split_query(query).map_err(|reason| ParseError {
+            input: format!("{endpoint}?{query}"),
+            reason: reason.to_string(),
+        })?;
+        Ok(Url {
+            endpoint,
+            query: pairs,
+        })
+    }
+
     /// The value of the first query pair with this key.
     pub fn param(&self, key: &str) -> Option<&str> {
         self.query
@@ -242,21 +256,28 @@ impl FromStr for Url {
                 )));
             }
         };
-        let mut pairs = Vec::new();
-        if let Some(q) = query {
-            for part in q.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = part.split_once('=').unwrap_or((part, ""));
-                if k.is_empty() {
-                    return Err(fail("empty query key"));
-                }
-                pairs.push((k.to_string(), v.to_string()));
-            }
-        }
+        let pairs = match query {
+            Some(q) => split_query(q).map_err(fail)?,
+            None => Vec::new(),
+        };
         Ok(Url {
             endpoint,
             query: pairs,
         })
     }
+}
+
+/// A query's `key=value` pairs, in order; a key without `=` has an empty value.
+fn split_query(query: &str) -> Result<Vec<(String, String)>, &'static str> {
+    let mut pairs = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        if k.is_empty() {
+            return Err("empty query key");
+        }
+        pairs.push((k.to_string(), v.to_string()));
+    }
+    Ok(pairs)
 }
 
 impl FromStr for Endpoint {

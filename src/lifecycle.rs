@@ -60,6 +60,33 @@ impl Observer for Vec<Arc<dyn Observer>> {
     }
 }
 
+/// The latest counters of each worker, as [`Observer::status`] hands them over (index
+/// 0 for a loop without workers): what an observer that reports the whole server
+/// keeps, and sums.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WorkerStats(Vec<Stats>);
+
+impl WorkerStats {
+    /// Keeps `stats` as the latest of `worker`.
+    pub(crate) fn set(&mut self, worker: Option<usize>, stats: &Stats) {
+        let i = worker.unwrap_or(0);
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, Stats::default);
+        }
+        self.0[i] = stats.clone();
+    }
+
+    /// Adds every worker's latest counters to `total`, except those of `skip` (a
+    /// worker whose live counters the caller already has).
+    pub(crate) fn add_to(&self, total: &mut Stats, skip: Option<usize>) {
+        for (i, s) in self.0.iter().enumerate() {
+            if Some(i) != skip {
+                total.add(s);
+            }
+        }
+    }
+}
+
 /// The observer a loop was given, if any (a wrapper so that [`Config`](crate::Config)
 /// stays `Debug`).
 #[derive(Clone, Default)]

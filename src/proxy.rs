@@ -24,7 +24,7 @@
 //! addresses.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -341,19 +341,13 @@ fn parse_v2(input: &[u8]) -> Parsed {
     }
     let (source, destination) = match header.addresses {
         v2::Addresses::Unspecified => return Parsed::Done(len, None),
-        v2::Addresses::IPv4(a) => (
-            PeerAddr::Inet(SocketAddr::from((a.source_address, a.source_port))),
-            PeerAddr::Inet(SocketAddr::from((
-                a.destination_address,
-                a.destination_port,
-            ))),
+        v2::Addresses::IPv4(a) => inet_pair(
+            (a.source_address, a.source_port),
+            (a.destination_address, a.destination_port),
         ),
-        v2::Addresses::IPv6(a) => (
-            PeerAddr::Inet(SocketAddr::from((a.source_address, a.source_port))),
-            PeerAddr::Inet(SocketAddr::from((
-                a.destination_address,
-                a.destination_port,
-            ))),
+        v2::Addresses::IPv6(a) => inet_pair(
+            (a.source_address, a.source_port),
+            (a.destination_address, a.destination_port),
         ),
         v2::Addresses::Unix(a) => (unix_addr(&a.source), unix_addr(&a.destination)),
     };
@@ -366,6 +360,12 @@ fn parse_v2(input: &[u8]) -> Parsed {
             tlvs: header.tlv_bytes().into(),
         }),
     )
+}
+
+/// A header's source and destination as internet addresses.
+fn inet_pair<I: Into<IpAddr>>(source: (I, u16), destination: (I, u16)) -> (PeerAddr, PeerAddr) {
+    let inet = |(ip, port): (I, u16)| PeerAddr::Inet(SocketAddr::new(ip.into(), port));
+    (inet(source), inet(destination))
 }
 
 /// A Unix address of a version 2 header: a path padded with NUL bytes (none: unnamed).
@@ -402,21 +402,21 @@ fn parse_v1(input: &[u8]) -> Parsed {
     };
     let (source, destination) = match h.addresses {
         ppp::v1::Addresses::Unknown => return Parsed::Done(end, None),
-        ppp::v1::Addresses::Tcp4(a) => (
-            SocketAddr::from((a.source_address, a.source_port)),
-            SocketAddr::from((a.destination_address, a.destination_port)),
+        ppp::v1::Addresses::Tcp4(a) => inet_pair(
+            (a.source_address, a.source_port),
+            (a.destination_address, a.destination_port),
         ),
-        ppp::v1::Addresses::Tcp6(a) => (
-            SocketAddr::from((a.source_address, a.source_port)),
-            SocketAddr::from((a.destination_address, a.destination_port)),
+        ppp::v1::Addresses::Tcp6(a) => inet_pair(
+            (a.source_address, a.source_port),
+            (a.destination_address, a.destination_port),
         ),
     };
     Parsed::Done(
         end,
         Some(ProxyHeader {
             version: 1,
-            source: PeerAddr::Inet(source),
-            destination: PeerAddr::Inet(destination),
+            source,
+            destination,
             tlvs: Box::default(),
         }),
     )

@@ -268,12 +268,10 @@ impl<'a> Context<'a> {
         self.conns.local_addr(self.key)
     }
 
-    /// The counters of the loop serving this connection, as they are now (with the
-    /// gauges `active` and `queued_bytes` filled in).
+    /// The counters of the loop serving this connection, as they are now (the same as
+    /// [`EventLoop::stats`](crate::EventLoop::stats), gauges included).
     pub fn loop_stats(&self) -> Stats {
-        let mut s = self.stats.clone();
-        self.conns.fill_gauges(&mut s);
-        s
+        self.conns.with_gauges(self.stats)
     }
 
     /// Bytes written by this connection's service but not yet taken by the socket.

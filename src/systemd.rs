@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 
-use crate::lifecycle::Observer;
+use crate::lifecycle::{Observer, WorkerStats};
 use crate::socket::StdSocket;
 use crate::stats::Stats;
 
@@ -193,7 +193,7 @@ struct Shared {
 #[derive(Debug, Default)]
 struct NotifyState {
     /// The last counters of each worker (index 0 for a loop without workers).
-    workers: Vec<Stats>,
+    workers: WorkerStats,
     /// Some loop has handed over counters since the last status line.
     changed: bool,
     stopping_sent: bool,
@@ -285,7 +285,7 @@ impl Shared {
             return;
         }
         let mut total = Stats::default();
-        state.workers.iter().for_each(|s| total.add(s));
+        state.workers.add_to(&mut total, None);
         let text = format!(
             "STATUS={} active connections, {} accepted",
             total.active, total.accepted
@@ -313,11 +313,7 @@ impl Observer for Notifier {
 
     fn status(&self, worker: Option<usize>, stats: &Stats) {
         let mut state = self.shared.lock();
-        let i = worker.unwrap_or(0);
-        if state.workers.len() <= i {
-            state.workers.resize(i + 1, Stats::default());
-        }
-        state.workers[i] = stats.clone();
+        state.workers.set(worker, stats);
         state.changed = true;
     }
 }

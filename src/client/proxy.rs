@@ -85,19 +85,20 @@ pub(crate) struct Preamble {
 }
 
 impl Preamble {
+    /// A header of `bytes`, none of it sent yet.
     pub(crate) fn new(bytes: Vec<u8>) -> Self {
         Preamble { bytes, sent: 0 }
+    }
+
+    /// The part of the header not yet sent.
+    pub(crate) fn unsent(&self) -> &[u8] {
+        &self.bytes[self.sent..]
     }
 
     /// Writes what is left, beneath any TLS session, while the socket takes it.
     /// `Ok(true)` once all of it has gone; `Ok(false)` when the socket filled first (on
     /// a new connection, with a send buffer of kilobytes, hardly ever): call again on
     /// the next writable event, and let the connection write nothing else until then.
-    /// The part of the header not yet sent.
-    pub(crate) fn unsent(&self) -> &[u8] {
-        &self.bytes[self.sent..]
-    }
-
     pub(crate) fn write(
         &mut self,
         conn: &mut Connection,

@@ -477,36 +477,27 @@ impl Conns {
             }
         };
         stats.bytes_in += n as u64;
-        // The usual case: the whole header in one read, parsed where it landed. Either
-        // way, what came behind a whole header ends up at the front of `buf`.
-        let (parsed, total) = match self.take_partial(key) {
-            None => {
-                let parsed = proxy::parse(&buf[..n], expect);
-                match parsed {
-                    Parsed::Done(len, _) => buf.copy_within(len..n, 0),
-                    Parsed::Incomplete => {
-                        self.keep_proxy_state(key, ProxyState::Partial(buf[..n].to_vec()));
-                    }
-                    Parsed::Invalid(_) => {}
-                }
-                (parsed, n)
+        // The usual case: the whole header in one read, parsed where it landed, with
+        // nothing kept. Otherwise the read is added to the bytes kept from earlier ones.
+        let mut got = self.take_partial(key);
+        if let Some(got) = &mut got {
+            got.extend_from_slice(&buf[..n]);
+        }
+        let input = got.as_deref().unwrap_or(&buf[..n]);
+        let total = input.len();
+        let parsed = proxy::parse(input, expect);
+        match (&parsed, got) {
+            // What came behind a whole header goes to the front of `buf`. A header that
+            // was not whole before this read leaves less than the read behind it: that
+            // fits.
+            (Parsed::Done(len, _), None) => buf.copy_within(*len..n, 0),
+            (Parsed::Done(len, _), Some(got)) => buf[..total - len].copy_from_slice(&got[*len..]),
+            (Parsed::Incomplete, got) => {
+                let got = got.unwrap_or_else(|| buf[..n].to_vec());
+                self.keep_proxy_state(key, ProxyState::Partial(got));
             }
-            Some(mut got) => {
-                got.extend_from_slice(&buf[..n]);
-                let parsed = proxy::parse(&got, expect);
-                let total = got.len();
-                match parsed {
-                    // The header was not whole before this read, so what follows it
-                    // is shorter than the read and fits the buffer.
-                    Parsed::Done(len, _) => buf[..total - len].copy_from_slice(&got[len..]),
-                    Parsed::Incomplete => {
-                        self.keep_proxy_state(key, ProxyState::Partial(got));
-                    }
-                    Parsed::Invalid(_) => {}
-                }
-                (parsed, total)
-            }
-        };
+            (Parsed::Invalid(_), _) => {}
+        }
         match parsed {
             Parsed::Incomplete => HeaderRead::Waiting,
             Parsed::Invalid(what) => {
@@ -801,12 +792,16 @@ impl Conns {
         self.outboxes.take_freed()
     }
 
-    /// Sets the counters that say how things are now: connections open, output queued.
-    pub(crate) fn fill_gauges(&self, stats: &mut Stats) {
-        stats.active = self.entries.len() as u64;
-        stats.queued_bytes = self.outboxes.total() as u64;
-        stats.paused = self.paused as u64;
-        stats.handshaking = self.waiting as u64;
+    /// The running totals `stats` with the gauges, which only the table knows, set to
+    /// how things are now: connections open, output queued, paused, waiting.
+    pub(crate) fn with_gauges(&self, stats: &Stats) -> Stats {
+        Stats {
+            active: self.entries.len() as u64,
+            queued_bytes: self.outboxes.total() as u64,
+            paused: self.paused as u64,
+            handshaking: self.waiting as u64,
+            ..stats.clone()
+        }
     }
 
     /// Bytes queued for all connections, and bytes of chunks held (queued or spare).

@@ -125,8 +125,6 @@ pub struct EventLoop<S: Service> {
     /// Set at the first signal when there is a drain delay: still serving, not ready,
     /// until then (see [`lifecycle`](crate::lifecycle)).
     not_ready_until: Option<Instant>,
-    /// The observer was told the loop is no longer ready.
-    announced_draining: bool,
     /// When the observer last got the counters, and the event count then (nothing
     /// new since: nothing to tell).
     last_status: Instant,
@@ -211,7 +209,6 @@ impl<S: Service> EventLoop<S> {
             signals,
             draining_until: None,
             not_ready_until: None,
-            announced_draining: false,
             last_status: now,
             status_events: 0,
             finished: false,
@@ -250,9 +247,7 @@ impl<S: Service> EventLoop<S> {
 
     /// The counters so far.
     pub fn stats(&self) -> Stats {
-        let mut s = self.stats.clone();
-        self.conns.fill_gauges(&mut s);
-        s
+        self.conns.with_gauges(&self.stats)
     }
 
     /// The service, for reading its own state between turns.

@@ -57,7 +57,7 @@ impl<S: Service> EventLoop<S> {
             self.begin_shutdown(why);
             return;
         }
-        self.announce_draining();
+        self.tell_draining();
         self.not_ready_until = Some(Instant::now() + delay);
         info!(
             "{}{why}: not ready; still accepting and serving for {delay:?}, then shutting down",
@@ -65,20 +65,17 @@ impl<S: Service> EventLoop<S> {
         );
     }
 
-    /// Tells the observer, once, that the loop is no longer ready.
-    fn announce_draining(&mut self) {
-        if !self.announced_draining {
-            self.announced_draining = true;
-            if let Some(o) = &self.config.observer.0 {
-                o.draining(self.worker, self.config.drain_delay);
-            }
+    /// Tells the observer that the loop is no longer ready: once, when the drain
+    /// delay begins, or when the shutdown begins without one.
+    fn tell_draining(&self) {
+        if let Some(o) = &self.config.observer.0 {
+            o.draining(self.worker, self.config.drain_delay);
         }
     }
 
     /// The drain delay has passed: the shutdown begins.
     pub(super) fn check_drain_delay(&mut self) {
         if self.not_ready_until.is_some_and(|t| self.now >= t) {
-            self.not_ready_until = None;
             self.begin_shutdown("drain delay over");
         }
     }
@@ -93,8 +90,10 @@ impl<S: Service> EventLoop<S> {
         if self.draining_until.is_some() {
             return;
         }
-        self.not_ready_until = None;
-        self.announce_draining();
+        // A drain delay, over or cut short, already told the observer.
+        if self.not_ready_until.take().is_none() {
+            self.tell_draining();
+        }
         if let Some(o) = &self.config.observer.0 {
             o.stopping(self.worker);
         }

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::lifecycle::Observer;
+use super::line::Partial;
+use crate::lifecycle::{Observer, WorkerStats};
 use crate::service::{Context, Service};
 use crate::stats::Stats;
 
@@ -19,7 +20,7 @@ pub const MAX_REQUEST: usize = 8 * 1024;
 /// is ready, and the listener's own request counts.
 #[derive(Debug)]
 pub struct MetricsState {
-    workers: Mutex<Vec<Stats>>,
+    workers: Mutex<WorkerStats>,
     ready: AtomicBool,
     started: SystemTime,
     requests: AtomicU64,
@@ -29,7 +30,7 @@ pub struct MetricsState {
 impl Default for MetricsState {
     fn default() -> Self {
         MetricsState {
-            workers: Mutex::new(Vec::new()),
+            workers: Mutex::default(),
             ready: AtomicBool::new(true),
             started: SystemTime::now(),
             requests: AtomicU64::new(0),
@@ -55,10 +56,7 @@ impl MetricsState {
     pub fn totals(&self, own: usize, live: &Stats) -> Stats {
         let mut total = live.clone();
         if let Ok(w) = self.workers.lock() {
-            w.iter()
-                .enumerate()
-                .filter(|(i, _)| *i != own)
-                .for_each(|(_, s)| total.add(s));
+            w.add_to(&mut total, Some(own));
         }
         total
     }
@@ -138,12 +136,8 @@ impl Observer for MetricsState {
     }
 
     fn status(&self, worker: Option<usize>, stats: &Stats) {
-        let i = worker.unwrap_or(0);
         if let Ok(mut w) = self.workers.lock() {
-            if w.len() <= i {
-                w.resize_with(i + 1, Stats::default);
-            }
-            w[i] = stats.clone();
+            w.set(worker, stats);
         }
     }
 }
@@ -164,8 +158,9 @@ pub struct Metrics {
     worker: usize,
 }
 
-/// The bytes of a request not yet complete (most arrive in one read and need none).
-pub type Request = Option<Box<Vec<u8>>>;
+/// The bytes of a request not yet complete (most arrive in one read and need none),
+/// held as line mode holds a line: nothing at all between requests.
+pub type Request = Partial;
 
 impl Metrics {
     /// Serves `state`, which the loops fill as their [`Observer`].
@@ -235,32 +230,30 @@ impl Service for Metrics {
     type State = Request;
 
     fn open(&mut self, _: &mut Context<'_>) -> Request {
-        None
+        Partial::new()
     }
 
     fn data(&mut self, state: &mut Request, data: &[u8], ctx: &mut Context<'_>) {
         if ctx.is_closing() {
             return;
         }
-        match state {
-            None => {
-                if !self.answer(data, ctx) {
-                    *state = Some(Box::new(data.to_vec()));
-                }
+        if state.is_empty() {
+            if !self.answer(data, ctx) {
+                state.set(data);
             }
-            Some(buf) => {
-                let room = (MAX_REQUEST + 1).saturating_sub(buf.len());
-                buf.extend_from_slice(&data[..data.len().min(room)]);
-                if self.answer(buf, ctx) {
-                    *state = None;
-                }
-            }
+            return;
+        }
+        let room = (MAX_REQUEST + 1).saturating_sub(state.len());
+        state.push(&data[..data.len().min(room)]);
+        if self.answer(state.as_slice(), ctx) {
+            state.clear();
         }
     }
 
     fn eof(&mut self, state: &mut Request, ctx: &mut Context<'_>) {
         // A request cut short: nothing to answer.
-        if state.take().is_some() {
+        if !state.is_empty() {
+            state.clear();
             self.state.bad_requests.fetch_add(1, Ordering::Relaxed);
         }
         ctx.close();

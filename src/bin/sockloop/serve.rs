@@ -341,10 +341,10 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     // The memory ceiling is the server's too: each worker gets its share. The default
     // share is never below one connection's own limit (on a very small machine); a
     // total given explicitly is checked against it below.
-    let outbuf_share = match args.max_outbuf_total {
-        Some(n) => (n as usize / args.workers as usize).max(1),
-        None => (sys::default_max_outbuf_total() / args.workers as usize).max(args.max_outbuf),
-    };
+    if let Some(n) = args.max_outbuf_total {
+        config.max_outbuf_total = Some((n as usize / args.workers as usize).max(1));
+    }
+    let outbuf_share = config.max_outbuf_total_per_loop(args.workers as usize);
     config.max_outbuf_total = Some(outbuf_share);
     // The limit is the server's: workers share the process's descriptors.
     config.max_conns = Some(

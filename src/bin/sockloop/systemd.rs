@@ -89,11 +89,10 @@ impl Activation {
 fn passed_listener(endpoint: Endpoint, name: Option<&str>) -> Result<ListenArg, String> {
     let shown = format!("{endpoint} ({})", name.unwrap_or("no name"));
     let query = name.and_then(|n| n.split_once('?')).map_or("", |(_, q)| q);
-    let mut pairs = Vec::new();
+    let mut url = Url::with_query(endpoint, query).map_err(|e| format!("{shown}: {e}"))?;
     let mut tls = false;
-    for part in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        match k {
+    for (k, v) in &url.query {
+        match k.as_str() {
             "perm" => {
                 return Err(format!(
                     "{shown}: perm= does not apply to a passed socket (SocketMode= in the \
@@ -101,27 +100,23 @@ fn passed_listener(endpoint: Endpoint, name: Option<&str>) -> Result<ListenArg, 
                 ));
             }
             "tls" => {
-                tls = match v {
+                tls = match v.as_str() {
                     "" | "on" => true,
                     "off" => false,
                     _ => return Err(format!("{shown}: tls={v}: expected on or off")),
                 }
             }
-            _ => pairs.push((k.to_string(), v.to_string())),
+            _ => {}
         }
     }
-    let endpoint = match (tls, endpoint) {
+    // `tls` is this module's key, not one of `--listen`'s.
+    url.query.retain(|(k, _)| k != "tls");
+    url.endpoint = match (tls, url.endpoint) {
         (true, Endpoint::Tcp(hp)) => Endpoint::Tls(hp),
         (true, other) => return Err(format!("{other}: tls applies to TCP sockets only")),
         (false, ep) => ep,
     };
-    listen_arg(
-        Url {
-            endpoint,
-            query: pairs,
-        },
-        &shown,
-    )
+    listen_arg(url, &shown)
 }
 
 /// The notifier for systemd when it listens (`NOTIFY_SOCKET`); an unusable address is
