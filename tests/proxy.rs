@@ -15,6 +15,7 @@ use sockloop::{Builder, ConnId, Context, ListenOptions, PeerAddr, Service};
 
 use util::fs::TempDir;
 use util::net::{connect, read_to_eof};
+use util::pki::Pki;
 use util::server::LibServer;
 
 /// Answers every connection with a line naming its peer and who passed it on
@@ -57,6 +58,17 @@ fn server_with_deadline(version: ProxyProtocol, deadline: Duration) -> LibServer
             ListenOptions::default().proxy(version),
         )
         .handshake_timeout(deadline);
+    LibServer::start(builder, Introduce)
+}
+
+/// A loop with one `tls://127.0.0.1:0` listener expecting `version`, with the
+/// certificates of `pki`.
+fn tls_server(pki: &Pki, version: ProxyProtocol) -> LibServer {
+    let config = sockloop::tls::server_config(&pki.server_cert, &pki.server_key, None).unwrap();
+    let builder = Builder::new().tls(config).listen_with(
+        "tls://127.0.0.1:0".parse().unwrap(),
+        ListenOptions::default().proxy(version),
+    );
     LibServer::start(builder, Introduce)
 }
 
@@ -249,13 +261,8 @@ fn an_unfinished_header_is_closed_at_the_deadline() {
 #[test]
 fn tls_after_the_header() {
     let dir = TempDir::new();
-    let pki = util::pki::Pki::new(dir.path());
-    let config = sockloop::tls::server_config(&pki.server_cert, &pki.server_key, None).unwrap();
-    let builder = Builder::new().tls(config).listen_with(
-        "tls://127.0.0.1:0".parse().unwrap(),
-        ListenOptions::default().proxy(ProxyProtocol::V2),
-    );
-    let srv = LibServer::start(builder, Introduce);
+    let pki = Pki::new(dir.path());
+    let srv = tls_server(&pki, ProxyProtocol::V2);
     let header = proxy::encode(ProxyVersion::V2, client_addr(), frontend_addr());
     // Python's ssl module over a socket that first carries the header.
     let script = format!(
@@ -294,16 +301,9 @@ print(s.version(), data.decode())
 #[test]
 fn tls_client_hello_in_the_same_segment_as_the_header() {
     let dir = TempDir::new();
-    let pki = util::pki::Pki::new(dir.path());
-    let config = sockloop::tls::server_config(&pki.server_cert, &pki.server_key, None).unwrap();
-    let builder = Builder::new().tls(config).listen_with(
-        "tls://127.0.0.1:0".parse().unwrap(),
-        ListenOptions::default().proxy(ProxyProtocol::Any),
-    );
-    let srv = LibServer::start(builder, Introduce);
-    let ca = sockloop::tls::client_config(Some(&pki.ca), None).unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = rustls::ClientConnection::new(ca, name).unwrap();
+    let pki = Pki::new(dir.path());
+    let srv = tls_server(&pki, ProxyProtocol::Any);
+    let mut tls = pki.client_session(false);
     let mut first = proxy::encode(ProxyVersion::V1, client_addr(), frontend_addr());
     tls.write_tls(&mut first).unwrap();
     let mut tcp = connect(srv.addr());
