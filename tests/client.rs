@@ -8,7 +8,7 @@ use std::net::{TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::thread;
 
-use util::bench::report;
+use util::bench::{clean_report, report};
 use util::child::{Proc, bin, expect_failure, run_bin, run_bin_with_stdin};
 use util::fs::TempDir;
 use util::net::pattern;
@@ -380,7 +380,7 @@ fn progress_line_on_a_terminal() {
 fn bench_bind_spreads_connections_over_the_given_sources() {
     let server = Proc::serve_debug(&["--listen", "tcp://127.0.0.1:0"]);
     let url = server.url(0);
-    let out = sockloop(&[
+    clean_report(&[
         "bench",
         &url,
         "--conns",
@@ -391,9 +391,6 @@ fn bench_bind_spreads_connections_over_the_given_sources() {
         "127.0.0.2,127.0.0.3",
         "--json",
     ]);
-    let r = report(&out);
-    assert!(out.status.success(), "{r}");
-    assert_eq!(r["errors"], 0, "{r}");
     util::net::wait_until("six accepts in the log", || {
         server.stderr().matches("accepted from 127.0.0.").count() >= 6
     });

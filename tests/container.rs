@@ -300,6 +300,17 @@ impl<'a> Container<'a> {
         container
     }
 
+    /// [`Container::run`] of `serve` with TCP and UDP listeners on `host`, port
+    /// 5001, given as flags (which win over the image's SOCKLOOP_LISTEN); returns once
+    /// both are bound.
+    fn serve_on(image: &Image<'a>, host: &str) -> Container<'a> {
+        let tcp = format!("tcp://{host}:{ECHO_PORT}");
+        let udp = format!("udp://{host}:{ECHO_PORT}");
+        let c = Container::run(image, &[], &["serve", "--listen", &tcp, "--listen", &udp]);
+        c.wait_for_log(&format!("listening {udp}"));
+        c
+    }
+
     /// What the container wrote, stdout and stderr together.
     fn logs(&self) -> String {
         let out = self.podman.run(&["logs", &self.name]);
@@ -481,18 +492,7 @@ fn echo_over_tcp_and_udp_through_published_ports_then_sigterm_exits_0() {
     let image = podman.image();
     // Flags, which win over the image's SOCKLOOP_LISTEN (the default command has a test
     // of its own): the same addresses, said explicitly.
-    let c = Container::run(
-        &image,
-        &[],
-        &[
-            "serve",
-            "--listen",
-            "tcp://0.0.0.0:5001",
-            "--listen",
-            "udp://0.0.0.0:5001",
-        ],
-    );
-    c.wait_for_log("listening udp://0.0.0.0:5001");
+    let c = Container::serve_on(&image, "0.0.0.0");
     assert_echo_from_host(&c);
 
     // The HEALTHCHECK runs `sockloop send` inside the image: no shell, no NSS.
@@ -536,18 +536,7 @@ fn echo_over_tcp_and_udp_through_published_ports_then_sigterm_exits_0() {
 fn a_server_on_the_containers_loopback_is_not_reachable_through_a_published_port() {
     let podman = Podman::new();
     let image = podman.image();
-    let c = Container::run(
-        &image,
-        &[],
-        &[
-            "serve",
-            "--listen",
-            "tcp://127.0.0.1:5001",
-            "--listen",
-            "udp://127.0.0.1:5001",
-        ],
-    );
-    c.wait_for_log("listening udp://127.0.0.1:5001");
+    let c = Container::serve_on(&image, "127.0.0.1");
     assert_unreachable_from_host(&c);
 }
 

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::thread;
 
-use util::bench::report;
+use util::bench::clean_report;
 use util::child::{Proc, expect_failure, run_bin, run_bin_with_stdin, send_ok};
 use util::fs::TempDir;
 use util::net::{DEADLINE, pattern, wait_until};
@@ -215,7 +215,7 @@ fn send_with_a_proxy_header_over_tls_and_unix() {
 #[test]
 fn bench_gives_every_connection_a_proxy_header_and_a_client_of_its_own() {
     let server = Proc::serve_debug(&["--listen", "tcp://127.0.0.1:0?proxy=v2"]);
-    let out = run_bin(&[
+    let r = clean_report(&[
         "bench",
         &server.url(0),
         "--proxy",
@@ -230,9 +230,6 @@ fn bench_gives_every_connection_a_proxy_header_and_a_client_of_its_own() {
         "1",
         "--json",
     ]);
-    let r = report(&out);
-    assert!(out.status.success(), "{r}");
-    assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["connected"], 20, "{r}");
     assert_eq!(r["proxy"], "v2", "{r}");
     assert!(r["msgs"].as_u64().unwrap_or(0) > 100, "{r}");
@@ -254,7 +251,7 @@ fn bench_gives_every_connection_a_proxy_header_and_a_client_of_its_own() {
 #[test]
 fn bench_reconnecting_names_a_new_client_each_time() {
     let server = Proc::serve_debug(&["--listen", "tcp://[::1]:0?proxy=v1"]);
-    let out = run_bin(&[
+    clean_report(&[
         "bench",
         &server.url(0),
         "--proxy",
@@ -266,9 +263,6 @@ fn bench_reconnecting_names_a_new_client_each_time() {
         "0.5",
         "--json",
     ]);
-    let r = report(&out);
-    assert!(out.status.success(), "{r}");
-    assert_eq!(r["errors"], 0, "{r}");
     let stats = server.stats();
     assert_eq!(stats["proxy_headers"], stats["accepted"]);
     assert_eq!(stats["proxy_errors"], 0);

@@ -114,6 +114,27 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// A balancer that has started: the ports it listens on, its configuration, the
+/// process, and the directory of its files (removed when dropped). HAProxy and nginx
+/// both keep these, and answer for them alike.
+struct Started {
+    ports: Vec<u16>,
+    config: String,
+    running: Running,
+    _dir: TempDir,
+}
+
+impl Started {
+    fn addr(&self, i: usize) -> SocketAddr {
+        loopback(self.ports[i])
+    }
+
+    /// The configuration and what the process wrote so far, for failure messages.
+    fn output(&self) -> String {
+        format!("config:\n{}\n{}", self.config, self.running.output())
+    }
+}
+
 /// Starts a balancer on fresh ports until one start is not foiled by a port taken in
 /// the meantime. `start` gets the ports and says `Err(log)` when the process exited.
 fn start_on_free_ports<T>(
@@ -136,11 +157,8 @@ fn start_on_free_ports<T>(
 
 /// HAProxy in the foreground (`-db`), with an admin stats socket in its directory.
 pub struct HaProxy {
-    ports: Vec<u16>,
     socket: PathBuf,
-    config: String,
-    running: Running,
-    _dir: TempDir,
+    started: Started,
 }
 
 /// One server of a backend as `show servers state` gives it.
@@ -192,29 +210,31 @@ impl HaProxy {
             let mut running = Running::spawn(cmd);
             running.wait_ready("haproxy", || query(&socket, "show info").is_ok())?;
             Ok(HaProxy {
-                ports: ports.to_vec(),
                 socket,
-                config,
-                running,
-                _dir: dir,
+                started: Started {
+                    ports: ports.to_vec(),
+                    config,
+                    running,
+                    _dir: dir,
+                },
             })
         })
     }
 
     /// The address of frontend port `i`.
     pub fn addr(&self, i: usize) -> SocketAddr {
-        loopback(self.ports[i])
+        self.started.addr(i)
     }
 
     /// Its configuration and what it logged on stdout (`log stdout`) and stderr so
     /// far, for failure messages.
     pub fn output(&self) -> String {
-        format!("config:\n{}\n{}", self.config, self.running.output())
+        self.started.output()
     }
 
     /// Its stdout alone: the traffic log.
     pub fn stdout(&self) -> String {
-        self.running.stdout.lock().unwrap().clone()
+        self.started.running.stdout.lock().unwrap().clone()
     }
 
     /// Runs one command on the stats socket and returns its answer.
@@ -348,10 +368,7 @@ pub fn query(socket: &Path, cmd: &str) -> std::io::Result<String> {
 /// nginx with the stream module, one process (`master_process off`, so that killing
 /// it leaves no worker behind), everything it writes kept in its directory.
 pub struct Nginx {
-    ports: Vec<u16>,
-    config: String,
-    running: Running,
-    _dir: TempDir,
+    started: Started,
 }
 
 impl Nginx {
@@ -399,22 +416,24 @@ impl Nginx {
                 addrs.iter().all(|a| procfs::listens_on(pid, *a))
             })?;
             Ok(Nginx {
-                ports: ports.to_vec(),
-                config,
-                running,
-                _dir: dir,
+                started: Started {
+                    ports: ports.to_vec(),
+                    config,
+                    running,
+                    _dir: dir,
+                },
             })
         })
     }
 
     /// The address of listening port `i`.
     pub fn addr(&self, i: usize) -> SocketAddr {
-        loopback(self.ports[i])
+        self.started.addr(i)
     }
 
     /// Its configuration and what it wrote so far (its error log goes to stderr), for
     /// failure messages.
     pub fn output(&self) -> String {
-        format!("config:\n{}\n{}", self.config, self.running.output())
+        self.started.output()
     }
 }

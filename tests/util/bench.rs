@@ -14,6 +14,8 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use serde_json::Value;
 
+use super::child::run_bin;
+
 /// A count from a report (or interval) object; fails the test when it is missing.
 pub fn count(r: &Value, key: &str) -> u64 {
     r[key].as_u64().unwrap_or_else(|| panic!("no {key} in {r}"))
@@ -30,6 +32,16 @@ pub fn report(out: &Output) -> Value {
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// Runs `sockloop ARGS` (a `bench ... --json` against a server that misbehaves in no
+/// way), which must succeed and count no error; returns its report.
+pub fn clean_report(args: &[&str]) -> Value {
+    let out = run_bin(args);
+    let r = report(&out);
+    assert!(out.status.success(), "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    r
 }
 
 /// Every line of `text` parsed as JSON: what `--json --interval` runs and merges print
