@@ -83,12 +83,22 @@ fn frontend_addr() -> SocketAddr {
 /// Writes `chunks` one write each (with TCP_NODELAY, each its own segment), shuts the
 /// write side and reads everything until the server closes.
 fn converse(addr: SocketAddr, chunks: &[&[u8]]) -> String {
+    converse_from(addr, chunks).1
+}
+
+/// [`converse`], with the client's own address, which the service names when no
+/// header named another.
+fn converse_from(addr: SocketAddr, chunks: &[&[u8]]) -> (SocketAddr, String) {
     let mut s = connect(addr);
+    let local = s.local_addr().unwrap();
     for c in chunks {
         s.write_all(c).unwrap();
     }
     s.shutdown(Shutdown::Write).unwrap();
-    String::from_utf8_lossy(&read_to_eof(&mut s)).into_owned()
+    (
+        local,
+        String::from_utf8_lossy(&read_to_eof(&mut s)).into_owned(),
+    )
 }
 
 #[test]
@@ -97,11 +107,7 @@ fn a_header_with_data_behind_it_in_one_segment() {
         let srv = server(ProxyProtocol::Any);
         let mut first = proxy::encode(version, client_addr(), frontend_addr());
         first.extend_from_slice(b"hello");
-        let mut s = connect(srv.addr());
-        let local = s.local_addr().unwrap();
-        s.write_all(&first).unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-        let got = String::from_utf8(read_to_eof(&mut s)).unwrap();
+        let (local, got) = converse_from(srv.addr(), &[&first]);
         assert_eq!(got, format!("203.0.113.9:41000 via {local} tlvs=0\nhello"));
         let stats = srv.stop();
         assert_eq!((stats.proxy_headers, stats.proxy_errors), (1, 0));
@@ -158,12 +164,7 @@ fn local_and_unknown_keep_the_socket_addresses() {
     .build()
     .unwrap();
     for header in [&local[..], b"PROXY UNKNOWN\r\n"] {
-        let mut s = connect(srv.addr());
-        let me = s.local_addr().unwrap();
-        s.write_all(header).unwrap();
-        s.write_all(b"x").unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-        let got = String::from_utf8(read_to_eof(&mut s)).unwrap();
+        let (me, got) = converse_from(srv.addr(), &[header, b"x"]);
         assert_eq!(got, format!("{me} direct tlvs=0\nx"));
     }
     let stats = srv.stop();
