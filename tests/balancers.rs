@@ -9,27 +9,19 @@ pub mod util;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustls::pki_types::ServerName;
-use rustls::{ClientConnection, StreamOwned};
 use sockloop::proxy::ProxyVersion;
-use util::balancer::{HaProxy, Nginx};
-use util::child::{Proc, bin};
+use util::balancer::{HaProxy, Nginx, frontend};
+use util::child::{Proc, send_ok};
 use util::fs::TempDir;
-use util::net::{DEADLINE, connect, pattern, read_n, read_to_eof, write_in_background};
+use util::net::{connect, pattern, read_n, read_to_eof, wait_for, write_in_background};
 use util::pki::Pki;
 
 /// `sockloop serve --listen URL ARGS...` with the debug log, which names each
 /// connection's client and balancer.
 fn server(url: &str, args: &[&str]) -> Proc {
-    let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--listen", url])
-        .args(args)
-        .env("RUST_LOG", "debug");
-    Proc::spawn(cmd, 1)
+    Proc::serve_debug(&[&["--listen", url], args].concat())
 }
 
 /// A server on `tls://127.0.0.1:0?proxy=v2` with the certificates of `pki`.
@@ -43,30 +35,16 @@ fn tls_server(pki: &Pki, args: &[&str]) -> Proc {
     server("tls://127.0.0.1:0?proxy=v2", &all)
 }
 
-/// A rustls client over `tcp`, trusting `pki`'s CA, for the name `localhost`.
-fn tls_client(pki: &Pki, tcp: TcpStream) -> StreamOwned<ClientConnection, TcpStream> {
-    let config = sockloop::tls::client_config(Some(&pki.ca), None).expect("client TLS config");
-    let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
-        .expect("client connection");
-    StreamOwned::new(conn, tcp)
-}
-
 /// Asks for the counters until `ok` holds. Each ask is a signal and a log line, so
 /// the asking is spaced out more than [`util::net::wait_until`] would.
 fn wait_stats(p: &Proc, what: &str, ok: impl Fn(&HashMap<String, u64>) -> bool) {
-    let start = Instant::now();
-    loop {
+    wait_for(what, Duration::from_millis(100), || {
         let stats = p.stats();
         if ok(&stats) {
-            return;
+            return Ok(());
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out waiting for {what}: {stats:?}\n{}",
-            p.stderr()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+        Err(format!("{stats:?}\n{}", p.stderr()))
+    });
 }
 
 /// The server's log line for the PROXY header that named `client`, if it is there
@@ -86,18 +64,10 @@ fn header_line(p: &Proc, client: SocketAddr, version: u8) -> Option<(u64, Socket
 /// Like [`header_line`], but waits for the line (a thread reads the log), which must
 /// come within the deadline.
 fn expect_header_line(p: &Proc, client: SocketAddr, version: u8) -> (u64, SocketAddr) {
-    let start = Instant::now();
-    loop {
-        if let Some(found) = header_line(p, client, version) {
-            return found;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "no 'from {client} via ...: PROXY v{version} header' line in the server's log:\n{}",
-            p.stderr()
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    let what = format!("a 'from {client} via ...: PROXY v{version} header' line");
+    wait_for(&what, Duration::from_millis(10), || {
+        header_line(p, client, version).ok_or_else(|| format!("the server's log:\n{}", p.stderr()))
+    })
 }
 
 /// Sends `data` through `addr` while reading the echo, and checks it byte for byte.
@@ -122,20 +92,17 @@ fn echo_through(addr: SocketAddr, data: Vec<u8>) -> SocketAddr {
 /// it is established, often before its header has gone out, so the check sends a line
 /// and expects the echo: that way every check carries its header, and an UP server
 /// is one that really echoes behind the header.
-fn two_server_config(frontend: u16, send_proxy: &str, s1: u16, s2: u16) -> String {
-    format!(
-        "frontend fe\n\
-         \x20   bind 127.0.0.1:{frontend}\n\
-         \x20   default_backend be\n\
-         \n\
-         backend be\n\
-         \x20   balance roundrobin\n\
-         \x20   option tcp-check\n\
-         \x20   tcp-check send \"ping\\n\"\n\
-         \x20   tcp-check expect string ping\n\
-         \x20   server s1 127.0.0.1:{s1} {send_proxy} check inter 200ms\n\
-         \x20   server s2 127.0.0.1:{s2} {send_proxy} check inter 200ms\n"
-    )
+fn two_server_config(port: u16, send_proxy: &str, s1: u16, s2: u16) -> String {
+    frontend(port, "", "")
+        + &format!(
+            "backend be\n\
+             \x20   balance roundrobin\n\
+             \x20   option tcp-check\n\
+             \x20   tcp-check send \"ping\\n\"\n\
+             \x20   tcp-check expect string ping\n\
+             \x20   server s1 127.0.0.1:{s1} {send_proxy} check inter 200ms\n\
+             \x20   server s2 127.0.0.1:{s2} {send_proxy} check inter 200ms\n"
+        )
 }
 
 /// Two servers behind HAProxy with PROXY protocol `version`: both come up, their
@@ -174,24 +141,22 @@ fn haproxy_in_front_of_two_servers(version: u8) {
     let second = echo_through(haproxy.addr(0), b"the second client\n".to_vec());
     let mut served = [0; 2];
     for client in [first, second] {
-        let start = Instant::now();
-        let on = loop {
+        let what = format!("a server to log a v{version} header naming {client}");
+        let on = wait_for(&what, Duration::from_millis(10), || {
             let on: Vec<(usize, SocketAddr)> = servers
                 .iter()
                 .enumerate()
                 .filter_map(|(i, s)| header_line(s, client, version).map(|(_, via)| (i, via)))
                 .collect();
             if !on.is_empty() {
-                break on;
+                return Ok(on);
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "neither server logged a v{version} header naming {client}:\n{}\n{}",
+            Err(format!(
+                "neither did:\n{}\n{}",
                 servers[0].stderr(),
                 servers[1].stderr()
-            );
-            thread::sleep(Duration::from_millis(10));
-        };
+            ))
+        });
         assert_eq!(on.len(), 1, "both servers logged {client}");
         let (i, via) = on[0];
         served[i] += 1;
@@ -226,24 +191,20 @@ fn tls_passes_through_haproxy_behind_a_v2_header() {
     // HAProxy does not decrypt: TCP mode passes the client's TLS through. Its checks
     // do their own handshake (check-ssl), after the header as any connection.
     let haproxy = HaProxy::start(1, |ports| {
-        format!(
-            "frontend fe\n\
-             \x20   bind 127.0.0.1:{}\n\
-             \x20   default_backend be\n\
-             \n\
-             backend be\n\
-             \x20   option tcp-check\n\
-             \x20   tcp-check send \"ping\\n\"\n\
-             \x20   tcp-check expect string ping\n\
-             \x20   server s1 127.0.0.1:{port} send-proxy-v2 check check-ssl verify none inter 200ms\n",
-            ports[0]
-        )
+        frontend(ports[0], "", "")
+            + &format!(
+                "backend be\n\
+                 \x20   option tcp-check\n\
+                 \x20   tcp-check send \"ping\\n\"\n\
+                 \x20   tcp-check expect string ping\n\
+                 \x20   server s1 127.0.0.1:{port} send-proxy-v2 check check-ssl verify none inter 200ms\n"
+            )
     });
     haproxy.wait_backend_up("be", 1);
 
     let tcp = connect(haproxy.addr(0));
     let client = tcp.local_addr().unwrap();
-    let mut tls = tls_client(&pki, tcp);
+    let mut tls = pki.client_stream(false, tcp);
     let data = pattern(256 << 10, 3);
     for chunk in data.chunks(16 << 10) {
         tls.write_all(chunk)
@@ -323,18 +284,10 @@ fn a_client_that_skips_the_balancer_is_closed_and_the_next_one_served() {
     assert_eq!((st["proxy_headers"], st["proxy_errors"]), (1, 1), "{st:?}");
 }
 
-/// The HAProxy configuration of one backend server with no health checks; `frontend`
-/// lines go in the frontend section.
-fn one_server(port: u16, bind_options: &str, frontend: &str, server: &str) -> String {
-    format!(
-        "frontend fe\n\
-         \x20   bind 127.0.0.1:{port} {bind_options}\n\
-         {frontend}\
-         \x20   default_backend be\n\
-         \n\
-         backend be\n\
-         \x20   server s1 {server}\n"
-    )
+/// The HAProxy configuration of one backend server with no health checks;
+/// `frontend_lines` go in the frontend section.
+fn one_server(port: u16, bind_options: &str, frontend_lines: &str, server: &str) -> String {
+    frontend(port, bind_options, frontend_lines) + &format!("backend be\n    server s1 {server}\n")
 }
 
 /// HAProxy with `accept-proxy` on its frontend, logging the client each header names,
@@ -371,15 +324,17 @@ fn haproxy_accept_proxy_reads_the_headers_the_clients_write() {
         assert_eq!(read_to_eof(&mut c), b"hello", "v{version} from {source}");
         // HAProxy logs a TCP session when it ends; %ci prints IPv6 without brackets.
         let logged = format!("client={}:{}", source.ip(), source.port());
-        let start = Instant::now();
-        while !haproxy.stdout().contains(&logged) {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "HAProxy did not log {logged}:\n{}",
-                haproxy.output()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        wait_for(
+            &format!("HAProxy to log {logged}"),
+            Duration::from_millis(10),
+            || {
+                if haproxy.stdout().contains(&logged) {
+                    Ok(())
+                } else {
+                    Err(haproxy.output())
+                }
+            },
+        );
     }
 }
 
@@ -419,17 +374,8 @@ fn sockloop_send_proxy_is_understood_by_haproxy() {
     let haproxy = haproxy_accepting_proxy(port);
     let url = format!("tcp://{}", haproxy.addr(0));
     for (version, source) in [("v2", "203.0.113.9:41000"), ("v1", "198.51.100.7:42000")] {
-        let out = Command::new(bin())
-            .args(["send", &url, "hello", "--proxy", version])
-            .args(["--proxy-source", source])
-            .output()
-            .expect("run sockloop send");
-        assert!(
-            out.status.success(),
-            "send --proxy {version}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.stdout, b"hello", "send --proxy {version}");
+        let back = send_ok(&[&url, "hello", "--proxy", version, "--proxy-source", source]);
+        assert_eq!(back, b"hello", "send --proxy {version}");
         let logged = format!("client={source}");
         util::net::wait_until(&format!("HAProxy to log {logged}"), || {
             haproxy.stdout().contains(&logged)
@@ -451,7 +397,7 @@ fn who_over_tls_behind_haproxy_reports_the_session() {
     });
     let tcp = connect(haproxy.addr(0));
     let client = tcp.local_addr().unwrap();
-    let mut tls = tls_client(&pki, tcp);
+    let mut tls = pki.client_stream(false, tcp);
     let mut answer = String::new();
     // The server closes with close_notify after its line; a missing one reads as an
     // error here, which the test would report.

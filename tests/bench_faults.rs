@@ -12,24 +12,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use util::bench::{count, echo_messages, tcp_server};
+use util::bench::{count, echo_messages, report, reset, tcp_server};
 use util::child::run_bin;
 
 const SIZE: usize = 64;
 
 /// Runs `sockloop bench URL ARGS --json`; its exit code and report.
 fn bench(url: &str, args: &[&str]) -> (Option<i32>, serde_json::Value) {
-    let mut all = vec!["bench", url, "--json"];
-    all.extend_from_slice(args);
-    let out = run_bin(&all);
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {} / {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), report)
+    let out = run_bin(&[&["bench", url, "--json"], args].concat());
+    (out.status.code(), report(&out))
 }
 
 /// Every error kind but `kind` is zero, and `errors` is `kind`'s count.
@@ -62,10 +53,7 @@ fn resets_are_counted_one_per_reset_connection() {
             return;
         }
         if n % 100 == 0 {
-            if socket2::SockRef::from(&s)
-                .set_linger(Some(Duration::ZERO))
-                .is_ok()
-            {
+            if reset(s) {
                 done.fetch_add(1, Ordering::SeqCst);
             }
             return;

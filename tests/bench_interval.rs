@@ -5,23 +5,13 @@
 
 pub mod util;
 
-use std::io::Write;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Child;
 
-use serde_json::Value;
-
-use util::bench::histogram;
-use util::child::{Proc, bin, expect_failure};
+use util::bench::{histogram, json_lines};
+use util::child::{Proc, expect_failure, run_bin_with_stdin, spawn_bin};
 
 fn start_bench(url: &str, args: &[&str]) -> Child {
-    Command::new(bin())
-        .arg("bench")
-        .arg(url)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sockloop bench")
+    spawn_bin(&[&["bench", url], args].concat())
 }
 
 fn finished(child: Child) -> (String, String) {
@@ -30,20 +20,6 @@ fn finished(child: Child) -> (String, String) {
     let stderr = String::from_utf8(out.stderr).expect("UTF-8 stderr");
     assert!(out.status.success(), "bench failed: {stdout} {stderr}");
     (stdout, stderr)
-}
-
-fn merge(stdin: &str) -> Output {
-    let mut child = Command::new(bin())
-        .args(["bench", "merge", "-", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sockloop bench merge");
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.as_bytes()).expect("write stdin");
-    drop(input);
-    child.wait_with_output().expect("merge runs")
 }
 
 /// Both modes at once, against one server, to keep the test short.
@@ -71,10 +47,7 @@ fn intervals_add_up_to_the_run_in_json_and_show_on_stderr_in_text() {
     let text = start_bench(&url, &["--interval", "0.5", "--secs", "1.2"]);
 
     let (stdout, _) = finished(json);
-    let objects: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let objects = json_lines(&stdout);
     let (summary, intervals) = objects.split_last().expect("some output");
     assert_eq!(summary["type"], "summary", "{stdout}");
     assert!(
@@ -110,14 +83,11 @@ fn intervals_add_up_to_the_run_in_json_and_show_on_stderr_in_text() {
 
     // Merge reads the intervals with their summary, without a note for any, and
     // prints them again (one run merged is itself), then the summary.
-    let out = merge(&stdout);
+    let out = run_bin_with_stdin(&["bench", "merge", "-", "--json"], stdout.as_bytes());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "merge failed: {err}");
     assert!(!err.contains("skipped"), "{err}");
-    let merged: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("merged JSON"))
-        .collect();
+    let merged = json_lines(&String::from_utf8_lossy(&out.stdout));
     let (merged_summary, merged_intervals) = merged.split_last().expect("merged output");
     assert_eq!(merged_summary["type"], "summary");
     assert_eq!(merged_summary["msgs"], summary["msgs"]);

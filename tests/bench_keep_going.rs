@@ -6,38 +6,22 @@
 pub mod util;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use util::bench::{count, echo_messages, tcp_server};
+use util::bench::{count, echo_messages, report, reset, tcp_server};
 use util::child::run_bin;
 
 const SIZE: usize = 64;
 
 /// Runs `sockloop bench URL ARGS --json`; its exit code, report, and how long it took.
 fn bench(url: &str, args: &[&str]) -> (Option<i32>, serde_json::Value, Duration) {
-    let mut all = vec!["bench", url, "--json"];
-    all.extend_from_slice(args);
     let started = Instant::now();
-    let out = run_bin(&all);
+    let out = run_bin(&[&["bench", url, "--json"], args].concat());
     let took = started.elapsed();
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {} / {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), report, took)
-}
-
-/// Resets the connection (SO_LINGER 0, then close).
-fn reset(s: TcpStream) -> bool {
-    socket2::SockRef::from(&s)
-        .set_linger(Some(Duration::ZERO))
-        .is_ok()
+    (out.status.code(), report(&out), took)
 }
 
 /// The run's failures are `kind` alone, and every one of them was replaced.

@@ -4,42 +4,25 @@
 
 pub mod util;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::process::{Child, Output};
 
 use hdrhistogram::Histogram;
 use serde_json::Value;
 
-use util::bench::histogram;
-use util::child::{Proc, bin, expect_failure};
+use util::bench::{count, histogram, histogram_at, json_lines, now_unix};
+use util::child::{Proc, expect_failure, run_bin_with_stdin, spawn_bin};
 use util::fs::TempDir;
-
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
-}
 
 /// An echo server on a port of its own, and its URL.
 fn server() -> (Proc, String) {
     let p = Proc::serve(&["--listen", "tcp://127.0.0.1:0"]);
-    let url = format!("tcp://{}", p.addr(0));
+    let url = p.url(0);
     (p, url)
 }
 
 /// Starts `sockloop bench URL ARGS... --json`.
-fn start_bench(url: &str, args: &[&str]) -> std::process::Child {
-    Command::new(bin())
-        .arg("bench")
-        .arg(url)
-        .args(args)
-        .arg("--json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sockloop bench")
+fn start_bench(url: &str, args: &[&str]) -> Child {
+    spawn_bin(&[&["bench", url], args, &["--json"]].concat())
 }
 
 /// The one JSON line a finished bench printed.
@@ -57,18 +40,7 @@ fn report_of(out: Output) -> (String, Value) {
 
 /// `sockloop bench merge ARGS...` with `stdin` on its standard input.
 fn merge(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(bin())
-        .args(["bench", "merge"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sockloop bench merge");
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.as_bytes()).expect("write stdin");
-    drop(input);
-    child.wait_with_output().expect("sockloop bench merge")
+    run_bin_with_stdin(&[&["bench", "merge"], args].concat(), stdin.as_bytes())
 }
 
 fn merged_json(out: Output) -> Value {
@@ -104,13 +76,12 @@ fn three_generators_started_together_merge_into_the_exact_sum() {
     let mut connects = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 2).expect("bounds");
     let mut first_replies = connects.clone();
     for (_, v) in &runs {
-        let field = |key: &str| serde_json::json!({ "histogram": v[key] });
-        let c = histogram(&field("connect_histogram"));
+        let c = histogram_at(v, "connect_histogram");
         assert_eq!(c.len(), 2, "a connect time per connection: {v}");
         assert_eq!(v["connect_max_us"], c.max());
         connects.add(&c).expect("same bounds");
         first_replies
-            .add(histogram(&field("first_reply_histogram")))
+            .add(histogram_at(v, "first_reply_histogram"))
             .expect("same bounds");
         // Every field a merge needs, beside the ones SPEC requires.
         for key in [
@@ -208,10 +179,7 @@ fn three_generators_started_together_merge_into_the_exact_sum() {
             Some(first_replies.value_at_quantile(0.99)),
             "{m}"
         );
-        assert_eq!(
-            histogram(&serde_json::json!({ "histogram": m["connect_histogram"] })).len(),
-            6
-        );
+        assert_eq!(histogram_at(m, "connect_histogram").len(), 6);
         assert_eq!(m["conns"], 6);
         assert_eq!(m["runs"], 3);
         assert_eq!(histogram(m).len(), sum);
@@ -255,11 +223,7 @@ fn intervals_of_three_runs_merge_interval_by_interval_and_are_drawn() {
         let out = c.wait_with_output().expect("bench");
         assert!(out.status.success(), "{out:?}");
         let text = String::from_utf8(out.stdout).expect("UTF-8");
-        runs.push(
-            text.lines()
-                .map(|l| serde_json::from_str(l).expect("JSON"))
-                .collect(),
-        );
+        runs.push(json_lines(&text));
         input.push_str(&text);
     }
     let dir = TempDir::new();
@@ -269,10 +233,7 @@ fn intervals_of_three_runs_merge_interval_by_interval_and_are_drawn() {
         &input,
     );
     assert!(out.status.success(), "{out:?}");
-    let merged: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("merged JSON"))
-        .collect();
+    let merged = json_lines(&String::from_utf8_lossy(&out.stdout));
     let (summary, intervals) = merged.split_last().expect("output");
     assert_eq!(summary["runs"], 3);
     assert_eq!(intervals.len(), 4, "{intervals:?}");
@@ -414,5 +375,5 @@ fn reports_without_connection_histograms_merge_to_the_largest_figures() {
     assert_eq!(merged["connect_p99_us"], 1_000_000, "{merged}");
     assert_eq!(merged["first_reply_max_us"], run["first_reply_max_us"]);
     assert_eq!(merged["connect_histogram"], "", "{merged}");
-    assert_eq!(merged["msgs"].as_u64(), run["msgs"].as_u64().map(|m| 2 * m));
+    assert_eq!(count(&merged, "msgs"), 2 * count(&run, "msgs"), "{merged}");
 }

@@ -6,15 +6,15 @@
 pub mod util;
 
 use std::io::{Read, Write};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use util::bench::{count, tcp_server};
-use util::child::{Proc, bin, expect_failure};
+use util::bench::{count, json_lines, reset, tcp_server};
+use util::child::{Proc, expect_failure, run_bin};
 use util::fs::TempDir;
 use util::svg::{Svg, thousands};
 
@@ -30,22 +30,15 @@ const PERCENTILES: [(&str, &str); 5] = [
 ];
 const ERROR: &str = "#DC1414";
 
+/// Runs `sockloop bench URL ARGS`.
 fn bench(url: &str, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("bench")
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("run sockloop bench")
+    run_bin(&[&["bench", url], args].concat())
 }
 
 /// The JSON objects a `--json` run printed: its intervals, then its summary.
 fn objects(out: &Output) -> (Vec<Value>, Value) {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let mut all: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let mut all = json_lines(&stdout);
     let summary = all.pop().expect("a summary");
     assert_eq!(summary["type"], "summary", "{stdout}");
     (all, summary)
@@ -145,7 +138,10 @@ fn a_run_is_drawn_over_time_and_by_percentile() {
         assert_eq!(lines[0].len(), intervals.len(), "{name}");
     }
     // p50 is drawn below p99 in every interval (a larger latency is higher up).
-    let (p50, p99) = (svg.lines("#2CA02C", 3)[0], svg.lines("#FF7F0E", 3)[0]);
+    let (p50, p99) = (
+        svg.lines(PERCENTILES[0].1, 3)[0],
+        svg.lines(PERCENTILES[2].1, 3)[0],
+    );
     for (i, (a, b)) in p50.iter().zip(p99.iter()).enumerate() {
         let (v50, v99) = (
             count(&intervals[i], "p50_us"),
@@ -214,10 +210,7 @@ fn errors_are_marked_where_they_happened() {
         let mut buf = [0u8; 64];
         while s.read_exact(&mut buf).is_ok() {
             if n <= 2 && born.elapsed() > Duration::from_millis(700) {
-                if socket2::SockRef::from(&s)
-                    .set_linger(Some(Duration::ZERO))
-                    .is_ok()
-                {
+                if reset(s) {
                     done.fetch_add(1, Ordering::SeqCst);
                 }
                 return;

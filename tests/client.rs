@@ -8,7 +8,8 @@ use std::net::{TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::thread;
 
-use util::child::{Proc, bin, expect_failure, run_bin};
+use util::bench::{clean_report, report};
+use util::child::{Proc, bin, expect_failure, run_bin, run_bin_with_stdin};
 use util::fs::TempDir;
 use util::net::pattern;
 
@@ -17,24 +18,7 @@ fn sockloop(args: &[&str]) -> std::process::Output {
 }
 
 fn send_stdin(url: &str, input: &[u8]) -> std::process::Output {
-    let mut child = Command::new(bin())
-        .args(["send", url])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = input.to_vec();
-    let writer = thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    out
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    run_bin_with_stdin(&["send", url], input)
 }
 
 /// A server on every scheme: TCP over IPv4 and IPv6, UDP, Unix stream and datagram.
@@ -172,7 +156,7 @@ fn bench_finds_no_errors_against_sockloop_on_every_scheme() {
             "bench", url, "--conns", "20", "--depth", "4", "--size", "100", "--secs", "0.5",
             "--json",
         ]);
-        let r = json(&out);
+        let r = report(&out);
         assert!(out.status.success(), "{url}: {r}");
         assert_eq!(r["errors"], 0, "{url}: {r}");
         assert_eq!(r["connected"], 20, "{url}: {r}");
@@ -180,7 +164,7 @@ fn bench_finds_no_errors_against_sockloop_on_every_scheme() {
     }
     // Reconnect mode and several threads.
     let tcp = server.ready[0].strip_prefix("listening ").unwrap();
-    let r = json(&sockloop(&[
+    let r = report(&sockloop(&[
         "bench",
         tcp,
         "--reconnect",
@@ -192,7 +176,7 @@ fn bench_finds_no_errors_against_sockloop_on_every_scheme() {
     ]));
     assert_eq!(r["errors"], 0, "{r}");
     assert!(r["conns_per_sec"].as_f64().unwrap() > 100.0, "{r}");
-    let r = json(&sockloop(&[
+    let r = report(&sockloop(&[
         "bench",
         tcp,
         "--conns",
@@ -221,7 +205,7 @@ fn bench_json_has_every_field() {
         1,
         "one JSON object on one line"
     );
-    let r = json(&out);
+    let r = report(&out);
     for key in [
         "conns",
         "msgs",
@@ -293,7 +277,7 @@ fn bench_catches_a_corrupting_server() {
         "0.5",
         "--json",
     ]);
-    let r = json(&out);
+    let r = report(&out);
     assert_eq!(out.status.code(), Some(1), "{r}");
     assert!(
         r["errors"].as_u64().unwrap() >= 3,
@@ -330,7 +314,7 @@ fn bench_catches_a_corrupting_datagram_server() {
         "0.2",
         "--json",
     ]);
-    let r = json(&out);
+    let r = report(&out);
     assert_eq!(out.status.code(), Some(1), "{r}");
     assert!(r["errors"].as_u64().unwrap() > 0, "{r}");
 }
@@ -340,7 +324,7 @@ fn bench_catches_a_corrupting_datagram_server() {
 fn open_loop_hits_its_target_rate() {
     let server = Proc::serve(&["--listen", "tcp://127.0.0.1:0"]);
     let url = server.ready[0].strip_prefix("listening ").unwrap();
-    let r = json(&sockloop(&[
+    let r = report(&sockloop(&[
         "bench", url, "--conns", "10", "--rate", "5000", "--secs", "1", "--json",
     ]));
     let rate = r["msgs_per_sec"].as_f64().unwrap();
@@ -394,12 +378,9 @@ fn progress_line_on_a_terminal() {
 /// needs an internet stream address.
 #[test]
 fn bench_bind_spreads_connections_over_the_given_sources() {
-    let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--listen", "tcp://127.0.0.1:0"])
-        .env("RUST_LOG", "debug");
-    let server = Proc::spawn(cmd, 1);
-    let url = format!("tcp://{}", server.addr(0));
-    let out = sockloop(&[
+    let server = Proc::serve_debug(&["--listen", "tcp://127.0.0.1:0"]);
+    let url = server.url(0);
+    clean_report(&[
         "bench",
         &url,
         "--conns",
@@ -410,9 +391,6 @@ fn bench_bind_spreads_connections_over_the_given_sources() {
         "127.0.0.2,127.0.0.3",
         "--json",
     ]);
-    let r = json(&out);
-    assert!(out.status.success(), "{r}");
-    assert_eq!(r["errors"], 0, "{r}");
     util::net::wait_until("six accepts in the log", || {
         server.stderr().matches("accepted from 127.0.0.").count() >= 6
     });

@@ -18,8 +18,8 @@
 
 pub mod util;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,7 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use util::fs::TempDir;
-use util::net::{DEADLINE, exchange};
+use util::net::{exchange, http_get, wait_for};
 
 /// What the Dockerfile promises; checked against the built image.
 const ECHO_PORT: u16 = 5001;
@@ -145,8 +145,13 @@ impl Podman {
 
     /// `podman ARGS`, bounded in time so that a wedged engine fails the test.
     fn run(&self, args: &[&str]) -> Output {
+        self.run_within(120, args)
+    }
+
+    /// `podman ARGS`, killed after `secs` seconds.
+    fn run_within(&self, secs: u32, args: &[&str]) -> Output {
         Command::new("timeout")
-            .arg("120")
+            .arg(secs.to_string())
             .arg("podman")
             .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
             .args(args)
@@ -295,6 +300,17 @@ impl<'a> Container<'a> {
         container
     }
 
+    /// [`Container::run`] of `serve` with TCP and UDP listeners on `host`, port
+    /// 5001, given as flags (which win over the image's SOCKLOOP_LISTEN); returns once
+    /// both are bound.
+    fn serve_on(image: &Image<'a>, host: &str) -> Container<'a> {
+        let tcp = format!("tcp://{host}:{ECHO_PORT}");
+        let udp = format!("udp://{host}:{ECHO_PORT}");
+        let c = Container::run(image, &[], &["serve", "--listen", &tcp, "--listen", &udp]);
+        c.wait_for_log(&format!("listening {udp}"));
+        c
+    }
+
     /// What the container wrote, stdout and stderr together.
     fn logs(&self) -> String {
         let out = self.podman.run(&["logs", &self.name]);
@@ -303,22 +319,23 @@ impl<'a> Container<'a> {
         s
     }
 
-    /// Waits until the logs hold `needle`; fails with the logs after [`DEADLINE`].
+    /// Waits until the logs hold `needle`; fails with the logs after
+    /// [`util::net::DEADLINE`].
     fn wait_for_log(&self, needle: &str) {
-        let start = Instant::now();
-        loop {
+        let what = format!("'{needle}' from the container");
+        wait_for(&what, Duration::from_millis(50), || {
             let logs = self.logs();
             if logs.contains(needle) {
-                return;
+                return Ok(());
             }
             let state = self.inspect("{{.State.Status}}");
             assert!(
-                start.elapsed() < DEADLINE && state.trim() == "running",
+                state.trim() == "running",
                 "no '{needle}' from the container ({}); logs:\n{logs}",
                 state.trim()
             );
-            thread::sleep(Duration::from_millis(50));
-        }
+            Err(format!("logs:\n{logs}"))
+        });
     }
 
     /// `podman inspect --format FORMAT` of the container.
@@ -369,25 +386,12 @@ fn datagram(addr: SocketAddr, msg: &[u8], wait: Duration) -> std::io::Result<Vec
     Ok(buf)
 }
 
-/// `GET path` over HTTP/1.0: the status code and the body.
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, DEADLINE)
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+/// Fails unless a TCP connect to `addr` is refused: nothing listens behind it.
+fn assert_refused(addr: SocketAddr) {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{addr}: {e}"),
+        Ok(_) => panic!("{addr} accepted a connection to a server on the container's loopback"),
+    }
 }
 
 /// The server inside is up: the echo port answers TCP and UDP from the host.
@@ -416,10 +420,7 @@ fn assert_unreachable_from_host(c: &Container) {
     assert_eq!(inside, "inside", "the server does not answer inside");
 
     let addr = c.ports.echo_addr();
-    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{addr}: {e}"),
-        Ok(_) => panic!("{addr} accepted a connection to a server on the container's loopback"),
-    }
+    assert_refused(addr);
     match datagram(addr, b"anyone?", Duration::from_secs(1)) {
         Ok(reply) => panic!("a UDP reply through {addr}: {reply:?}"),
         Err(e) => assert!(
@@ -491,18 +492,7 @@ fn echo_over_tcp_and_udp_through_published_ports_then_sigterm_exits_0() {
     let image = podman.image();
     // Flags, which win over the image's SOCKLOOP_LISTEN (the default command has a test
     // of its own): the same addresses, said explicitly.
-    let c = Container::run(
-        &image,
-        &[],
-        &[
-            "serve",
-            "--listen",
-            "tcp://0.0.0.0:5001",
-            "--listen",
-            "udp://0.0.0.0:5001",
-        ],
-    );
-    c.wait_for_log("listening udp://0.0.0.0:5001");
+    let c = Container::serve_on(&image, "0.0.0.0");
     assert_echo_from_host(&c);
 
     // The HEALTHCHECK runs `sockloop send` inside the image: no shell, no NSS.
@@ -546,18 +536,7 @@ fn echo_over_tcp_and_udp_through_published_ports_then_sigterm_exits_0() {
 fn a_server_on_the_containers_loopback_is_not_reachable_through_a_published_port() {
     let podman = Podman::new();
     let image = podman.image();
-    let c = Container::run(
-        &image,
-        &[],
-        &[
-            "serve",
-            "--listen",
-            "tcp://127.0.0.1:5001",
-            "--listen",
-            "udp://127.0.0.1:5001",
-        ],
-    );
-    c.wait_for_log("listening udp://127.0.0.1:5001");
+    let c = Container::serve_on(&image, "127.0.0.1");
     assert_unreachable_from_host(&c);
 }
 
@@ -576,11 +555,7 @@ fn the_default_command_serves_on_all_interfaces_and_the_env_can_bring_back_the_t
         !logs.contains("udp://"),
         "the env replaces both listeners: {logs}"
     );
-    let addr = trap.ports.echo_addr();
-    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{addr}: {e}"),
-        Ok(_) => panic!("{addr} reached a server on the container's loopback"),
-    }
+    assert_refused(trap.ports.echo_addr());
 }
 
 #[test]
@@ -614,22 +589,15 @@ fn podman_stop_drains_reports_not_ready_and_exits_0() {
     });
 
     // podman stop blocks until the container exits; the drain is watched meanwhile.
-    let name = c.name.clone();
-    let conf = podman.conf_dir.join("containers.conf");
-    let stop = thread::spawn(move || {
-        Command::new("timeout")
-            .args(["60", "podman", "--runtime", "runc", "--cgroup-manager"])
-            .args(["cgroupfs", "stop", "-t", "20", &name])
-            .env("CONTAINERS_CONF", conf)
-            .output()
-            .expect("podman stop")
+    let out = thread::scope(|scope| {
+        let stop = scope.spawn(|| podman.run_within(60, &["stop", "-t", "20", &c.name]));
+        crate::util::net::wait_until("not ready while draining", || {
+            http_get(metrics, "/readyz").0 == 503
+        });
+        // Still serving while not ready: the load balancer needs time to notice.
+        assert_eq!(exchange(c.ports.echo_addr(), b"draining"), b"draining");
+        stop.join().unwrap()
     });
-    crate::util::net::wait_until("not ready while draining", || {
-        http_get(metrics, "/readyz").0 == 503
-    });
-    // Still serving while not ready: the load balancer needs time to notice.
-    assert_eq!(exchange(c.ports.echo_addr(), b"draining"), b"draining");
-    let out = stop.join().unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -4,17 +4,17 @@
 pub mod util;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use yaml_rust2::{Yaml, YamlLoader};
 
-use util::child::{Proc, bin};
-use util::net::{DEADLINE, connect, wait_until};
+use util::bench::{count, json_lines, now_unix};
+use util::child::{Proc, bin, run_bin, run_bin_with_stdin};
+use util::net::{connect, http_get, wait_until};
 
 /// The one document of `deploy/k8s/NAME`.
 fn manifest(name: &str) -> Yaml {
@@ -298,11 +298,18 @@ fn the_binary_expands_the_deployments_banner_with_the_pod_name() {
     let d = manifest("deployment.yaml");
     let args = args(container(&d));
     let banner = option(&args, "--banner");
-    let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--listen", "tcp://127.0.0.1:0", "--banner", banner])
-        .args(["--shutdown-timeout", option(&args, "--shutdown-timeout")])
-        .env("POD_NAME", "sockloop-7d9f-x2x4q");
-    let mut server = Proc::spawn(cmd, 1);
+    let mut server = Proc::serve_env(
+        &[("POD_NAME", "sockloop-7d9f-x2x4q")],
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--banner",
+            banner,
+            "--shutdown-timeout",
+            option(&args, "--shutdown-timeout"),
+        ],
+        1,
+    );
     let mut s = connect(server.addr(0));
     let mut line = String::new();
     BufReader::new(&mut s).read_line(&mut line).unwrap();
@@ -316,17 +323,7 @@ fn the_binary_expands_the_deployments_banner_with_the_pod_name() {
 
 /// `GET path`: the status code.
 fn http_status(addr: SocketAddr, path: &str) -> u16 {
-    let mut s = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+    http_get(addr, path).0
 }
 
 /// The Deployment's whole command line and environment, addresses moved to loopback
@@ -352,10 +349,9 @@ fn the_binary_serves_the_probe_paths_of_the_deployment() {
         }
     }
     cmd.env("POD_NAME", "sockloop-test");
-    let mut server = Proc::spawn(cmd, 1);
-    wait_until("the metrics listener", || {
-        TcpStream::connect_timeout(&metrics, Duration::from_secs(1)).is_ok()
-    });
+    // The listener's ready line, then the metrics listener's: bound, both.
+    let mut server = Proc::spawn(cmd, 2);
+    assert_eq!(server.metrics_addr(), metrics);
     let (ready, _) = probe(c, "readinessProbe");
     let (live, _) = probe(c, "livenessProbe");
     assert_eq!(http_status(metrics, &ready), 200);
@@ -415,11 +411,7 @@ fn the_binary_runs_the_bench_jobs_arguments_and_merges_their_output() {
     let j = manifest("bench-job.yaml");
     let c = container(&j);
     let server = Proc::serve(&["--listen", "tcp://127.0.0.1:0"]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let start_at = format!("{}", now.floor() as u64 + 2);
+    let start_at = format!("{}", now_unix().floor() as u64 + 2);
     let manifest_env: HashMap<&str, String> = env(c)
         .into_iter()
         .map(|(name, e)| {
@@ -431,12 +423,13 @@ fn the_binary_runs_the_bench_jobs_arguments_and_merges_their_output() {
         .iter()
         .map(|a| kubelet_expand(a, &manifest_env))
         .collect();
-    args[1] = format!("tcp://{}", server.addr(0));
+    args[1] = server.url(0);
     for (option, value) in [("--secs", "0.5"), ("--warmup", "0"), ("--interval", "0.25")] {
         let i = args.iter().position(|a| a == option).expect(option);
         args[i + 1] = value.to_string();
     }
-    let out = Command::new(bin()).args(&args).output().expect("bench");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_bin(&args);
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -444,10 +437,7 @@ fn the_binary_runs_the_bench_jobs_arguments_and_merges_their_output() {
     );
     // Two interval objects, then the summary.
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let objects: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
-        .collect();
+    let objects = json_lines(&stdout);
     assert_eq!(objects.len(), 3, "{stdout}");
     assert!(
         objects[..2].iter().all(|o| o["type"] == "interval"),
@@ -462,34 +452,21 @@ fn the_binary_runs_the_bench_jobs_arguments_and_merges_their_output() {
     assert!(report["msgs"].as_u64().unwrap() > 0, "{report}");
 
     // `kubectl logs -l job-name=... | sockloop bench merge -`, with two pods' logs.
-    let mut merge = Command::new(bin())
-        .args(["bench", "merge", "-", "--json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("merge");
-    let mut stdin = merge.stdin.take().unwrap();
-    stdin
-        .write_all(format!("{stdout}{stdout}").as_bytes())
-        .unwrap();
-    drop(stdin);
-    let merged = merge.wait_with_output().expect("merge");
-    assert!(merged.status.success());
-    let merged: Vec<serde_json::Value> = String::from_utf8_lossy(&merged.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
-    let summary = merged.last().expect("a merged summary");
-    assert_eq!(
-        summary["msgs"].as_u64(),
-        report["msgs"].as_u64().map(|m| 2 * m)
+    let merged = run_bin_with_stdin(
+        &["bench", "merge", "-", "--json"],
+        format!("{stdout}{stdout}").as_bytes(),
     );
+    assert!(
+        merged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    let merged = json_lines(&String::from_utf8_lossy(&merged.stdout));
+    let summary = merged.last().expect("a merged summary");
+    assert_eq!(count(summary, "msgs"), 2 * count(report, "msgs"));
     // The pods' intervals, added interval by interval.
     assert_eq!(merged.len(), 3);
     for k in 0..2 {
-        assert_eq!(
-            merged[k]["msgs"].as_u64(),
-            objects[k]["msgs"].as_u64().map(|m| 2 * m)
-        );
+        assert_eq!(count(&merged[k], "msgs"), 2 * count(&objects[k], "msgs"));
     }
 }

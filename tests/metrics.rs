@@ -11,45 +11,38 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use util::child::{Proc, bin};
-use util::net::{DEADLINE, connect, exchange, wait_until};
+use util::child::{Proc, bin, require, run_with_stdin};
+use util::net::{DEADLINE, connect, exchange, http_response, wait_until};
 
 /// `sockloop serve` with the given listeners and `--metrics tcp://127.0.0.1:0`; the
 /// metrics address is the line after the ready lines.
 fn serve_with_metrics(listen: &[&str], extra: &[&str]) -> (Proc, SocketAddr) {
-    let mut cmd = Command::new(bin());
-    cmd.arg("serve");
-    for l in listen {
-        cmd.args(["--listen", l]);
-    }
-    cmd.args(["--metrics", "tcp://127.0.0.1:0"]).args(extra);
-    let p = Proc::spawn(cmd, listen.len() + 1);
-    let line = p.ready.last().expect("a metrics line").clone();
-    let addr = line
-        .strip_prefix("metrics tcp://")
-        .unwrap_or_else(|| panic!("not a metrics line: {line}"))
-        .parse()
-        .expect("an address");
+    let mut args: Vec<&str> = listen.iter().flat_map(|l| ["--listen", l]).collect();
+    args.extend(["--metrics", "tcp://127.0.0.1:0"]);
+    args.extend(extra);
+    let p = Proc::serve_env(&[], &args, listen.len() + 1);
+    let addr = p.metrics_addr();
     (p, addr)
 }
 
-/// One HTTP request; the status code and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+/// Writes `request` as it is and returns the whole response, read until the server
+/// closes.
+fn request(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = connect(addr);
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    s.write_all(request).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp)
         .expect("a response, then a close");
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {resp:?}"));
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (code, body)
+    resp
+}
+
+/// One HTTP/1.1 request; the status code and the body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let resp = request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+    );
+    http_response(&resp)
 }
 
 /// The samples of a Prometheus text page, by name.
@@ -59,15 +52,6 @@ fn samples(page: &str) -> HashMap<String, u64> {
         .filter_map(|l| l.rsplit_once(' '))
         .filter_map(|(k, v)| Some((k.to_string(), v.parse::<f64>().ok()? as u64)))
         .collect()
-}
-
-fn promtool() -> &'static str {
-    for p in ["/usr/bin/promtool", "/usr/local/bin/promtool"] {
-        if std::path::Path::new(p).exists() {
-            return p;
-        }
-    }
-    panic!("promtool not found: install the Debian package `prometheus` (.ci/run does)");
 }
 
 #[test]
@@ -90,20 +74,9 @@ fn scraped_under_load_promtool_accepts_it_and_it_matches_the_stats_line() {
     }
     assert!(scrapes >= 5, "only {scrapes} scrapes during the load");
     assert!(samples(&last)["sockloop_bytes_in_total"] > 0, "{last}");
-    let mut check = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    check
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(last.as_bytes())
-        .expect("feed promtool");
-    let out = check.wait_with_output().expect("promtool ends");
+    let mut check = Command::new(require("promtool", "--version", "prometheus"));
+    check.args(["check", "metrics"]);
+    let out = run_with_stdin(check, last.as_bytes());
     assert!(
         out.status.success(),
         "promtool check metrics: {}{}\n{last}",
@@ -176,11 +149,7 @@ fn garbage_huge_and_slow_requests_are_refused_and_counted_echo_unaffected() {
     let (server, metrics) =
         serve_with_metrics(&["tcp://127.0.0.1:0"], &["--handshake-timeout", "1"]);
     // Garbage.
-    let mut g = connect(metrics);
-    g.write_all(b"\x16\x03\x01 not http at all\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    g.read_to_string(&mut resp).unwrap();
+    let resp = request(metrics, b"\x16\x03\x01 not http at all\r\n\r\n");
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
     // A 1 MiB header: refused once past 8 KiB, without reading the rest.
     let mut h = connect(metrics);
@@ -210,11 +179,10 @@ fn garbage_huge_and_slow_requests_are_refused_and_counted_echo_unaffected() {
     );
     // Other paths and methods.
     assert_eq!(get(metrics, "/nope").0, 404);
-    let mut p = connect(metrics);
-    p.write_all(b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    p.read_to_string(&mut resp).unwrap();
+    let resp = request(
+        metrics,
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
     assert!(resp.starts_with("HTTP/1.1 405"), "{resp:?}");
     let scraped = samples(&get(metrics, "/metrics").1);
     assert_eq!(scraped["sockloop_metrics_bad_requests_total"], 2);

@@ -15,6 +15,7 @@ use sockloop::{Builder, ConnId, Context, ListenOptions, PeerAddr, Service};
 
 use util::fs::TempDir;
 use util::net::{connect, read_to_eof};
+use util::pki::Pki;
 use util::server::LibServer;
 
 /// Answers every connection with a line naming its peer and who passed it on
@@ -60,6 +61,17 @@ fn server_with_deadline(version: ProxyProtocol, deadline: Duration) -> LibServer
     LibServer::start(builder, Introduce)
 }
 
+/// A loop with one `tls://127.0.0.1:0` listener expecting `version`, with the
+/// certificates of `pki`.
+fn tls_server(pki: &Pki, version: ProxyProtocol) -> LibServer {
+    let config = sockloop::tls::server_config(&pki.server_cert, &pki.server_key, None).unwrap();
+    let builder = Builder::new().tls(config).listen_with(
+        "tls://127.0.0.1:0".parse().unwrap(),
+        ListenOptions::default().proxy(version),
+    );
+    LibServer::start(builder, Introduce)
+}
+
 fn client_addr() -> SocketAddr {
     "203.0.113.9:41000".parse().unwrap()
 }
@@ -71,12 +83,22 @@ fn frontend_addr() -> SocketAddr {
 /// Writes `chunks` one write each (with TCP_NODELAY, each its own segment), shuts the
 /// write side and reads everything until the server closes.
 fn converse(addr: SocketAddr, chunks: &[&[u8]]) -> String {
+    converse_from(addr, chunks).1
+}
+
+/// [`converse`], with the client's own address, which the service names when no
+/// header named another.
+fn converse_from(addr: SocketAddr, chunks: &[&[u8]]) -> (SocketAddr, String) {
     let mut s = connect(addr);
+    let local = s.local_addr().unwrap();
     for c in chunks {
         s.write_all(c).unwrap();
     }
     s.shutdown(Shutdown::Write).unwrap();
-    String::from_utf8_lossy(&read_to_eof(&mut s)).into_owned()
+    (
+        local,
+        String::from_utf8_lossy(&read_to_eof(&mut s)).into_owned(),
+    )
 }
 
 #[test]
@@ -85,11 +107,7 @@ fn a_header_with_data_behind_it_in_one_segment() {
         let srv = server(ProxyProtocol::Any);
         let mut first = proxy::encode(version, client_addr(), frontend_addr());
         first.extend_from_slice(b"hello");
-        let mut s = connect(srv.addr());
-        let local = s.local_addr().unwrap();
-        s.write_all(&first).unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-        let got = String::from_utf8(read_to_eof(&mut s)).unwrap();
+        let (local, got) = converse_from(srv.addr(), &[&first]);
         assert_eq!(got, format!("203.0.113.9:41000 via {local} tlvs=0\nhello"));
         let stats = srv.stop();
         assert_eq!((stats.proxy_headers, stats.proxy_errors), (1, 0));
@@ -146,12 +164,7 @@ fn local_and_unknown_keep_the_socket_addresses() {
     .build()
     .unwrap();
     for header in [&local[..], b"PROXY UNKNOWN\r\n"] {
-        let mut s = connect(srv.addr());
-        let me = s.local_addr().unwrap();
-        s.write_all(header).unwrap();
-        s.write_all(b"x").unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-        let got = String::from_utf8(read_to_eof(&mut s)).unwrap();
+        let (me, got) = converse_from(srv.addr(), &[header, b"x"]);
         assert_eq!(got, format!("{me} direct tlvs=0\nx"));
     }
     let stats = srv.stop();
@@ -249,13 +262,8 @@ fn an_unfinished_header_is_closed_at_the_deadline() {
 #[test]
 fn tls_after_the_header() {
     let dir = TempDir::new();
-    let pki = util::pki::Pki::new(dir.path());
-    let config = sockloop::tls::server_config(&pki.server_cert, &pki.server_key, None).unwrap();
-    let builder = Builder::new().tls(config).listen_with(
-        "tls://127.0.0.1:0".parse().unwrap(),
-        ListenOptions::default().proxy(ProxyProtocol::V2),
-    );
-    let srv = LibServer::start(builder, Introduce);
+    let pki = Pki::new(dir.path());
+    let srv = tls_server(&pki, ProxyProtocol::V2);
     let header = proxy::encode(ProxyVersion::V2, client_addr(), frontend_addr());
     // Python's ssl module over a socket that first carries the header.
     let script = format!(
@@ -294,16 +302,9 @@ print(s.version(), data.decode())
 #[test]
 fn tls_client_hello_in_the_same_segment_as_the_header() {
     let dir = TempDir::new();
-    let pki = util::pki::Pki::new(dir.path());
-    let config = sockloop::tls::server_config(&pki.server_cert, &pki.server_key, None).unwrap();
-    let builder = Builder::new().tls(config).listen_with(
-        "tls://127.0.0.1:0".parse().unwrap(),
-        ListenOptions::default().proxy(ProxyProtocol::Any),
-    );
-    let srv = LibServer::start(builder, Introduce);
-    let ca = sockloop::tls::client_config(Some(&pki.ca), None).unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = rustls::ClientConnection::new(ca, name).unwrap();
+    let pki = Pki::new(dir.path());
+    let srv = tls_server(&pki, ProxyProtocol::Any);
+    let mut tls = pki.client_session(false);
     let mut first = proxy::encode(ProxyVersion::V1, client_addr(), frontend_addr());
     tls.write_tls(&mut first).unwrap();
     let mut tcp = connect(srv.addr());

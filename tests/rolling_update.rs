@@ -17,28 +17,22 @@
 pub mod util;
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use util::balancer::HaProxy;
-use util::child::{Proc, bin};
+use util::balancer::{HaProxy, frontend};
+use util::bench::{count, report};
+use util::child::{Proc, spawn_bin};
 use util::net::wait_until;
 
 /// `sockloop serve` on `listen` with metrics on `metrics` (both `tcp://HOST:PORT`),
 /// and the address of each.
 fn serve(listen: &str, metrics: &str, extra: &[&str]) -> (Proc, SocketAddr, SocketAddr) {
-    let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--listen", listen, "--metrics", metrics])
-        .args(extra);
-    let p = Proc::spawn(cmd, 2);
-    let m = p.ready[1]
-        .strip_prefix("metrics tcp://")
-        .unwrap_or_else(|| panic!("not a metrics line: {}", p.ready[1]))
-        .parse()
-        .expect("an address");
-    let a = p.addr(0);
+    let args = [&["--listen", listen, "--metrics", metrics], extra].concat();
+    let p = Proc::serve_env(&[], &args, 2);
+    let (a, m) = (p.addr(0), p.metrics_addr());
     (p, a, m)
 }
 
@@ -49,36 +43,23 @@ fn check_port_free(addr: SocketAddr) -> bool {
 
 /// The bench, in the background: `--keep-going --reconnect`, 20 connections, 4 s.
 fn start_bench(haproxy: &HaProxy) -> Child {
-    Command::new(bin())
-        .args(["bench", &format!("tcp://{}", haproxy.addr(0))])
-        .args([
-            "--conns",
-            "20",
-            "--secs",
-            "4",
-            "--keep-going",
-            "--reconnect",
-        ])
-        .args(["--json", "--allow-errors"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sockloop bench")
+    spawn_bin(&[
+        "bench",
+        &format!("tcp://{}", haproxy.addr(0)),
+        "--conns",
+        "20",
+        "--secs",
+        "4",
+        "--keep-going",
+        "--reconnect",
+        "--json",
+        "--allow-errors",
+    ])
 }
 
-fn report(bench: Child) -> serde_json::Value {
-    let out = bench.wait_with_output().expect("bench output");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {} / {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn count(r: &serde_json::Value, key: &str) -> u64 {
-    r[key].as_u64().unwrap_or_else(|| panic!("no {key} in {r}"))
+/// The report of the bench started by [`start_bench`], once it has finished.
+fn finished(bench: Child) -> serde_json::Value {
+    report(&bench.wait_with_output().expect("bench output"))
 }
 
 fn server_up(h: &HaProxy, name: &str) -> bool {
@@ -100,23 +81,19 @@ fn with_drain_delay_and_health_checks_a_rolling_update_fails_nothing() {
     let (mut s1, a1, m1) = serve("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", &drain);
     let (_s2, a2, m2) = serve("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", &drain);
     let haproxy = HaProxy::start(1, |ports| {
-        format!(
-            "frontend fe\n\
-             \x20   bind 127.0.0.1:{}\n\
-             \x20   default_backend be\n\
-             \n\
-             backend be\n\
-             \x20   balance roundrobin\n\
-             \x20   option httpchk\n\
-             \x20   http-check send meth GET uri /readyz\n\
-             \x20   http-check expect status 200\n\
-             \x20   default-server inter 100ms fall 1 rise 2\n\
-             \x20   server s1 {a1} check port {}\n\
-             \x20   server s2 {a2} check port {}\n",
-            ports[0],
-            m1.port(),
-            m2.port()
-        )
+        frontend(ports[0], "", "")
+            + &format!(
+                "backend be\n\
+                 \x20   balance roundrobin\n\
+                 \x20   option httpchk\n\
+                 \x20   http-check send meth GET uri /readyz\n\
+                 \x20   http-check expect status 200\n\
+                 \x20   default-server inter 100ms fall 1 rise 2\n\
+                 \x20   server s1 {a1} check port {}\n\
+                 \x20   server s2 {a2} check port {}\n",
+                m1.port(),
+                m2.port()
+            )
     });
     haproxy.wait_backend_up("be", 2);
     let bench = start_bench(&haproxy);
@@ -144,7 +121,7 @@ fn with_drain_delay_and_health_checks_a_rolling_update_fails_nothing() {
         sessions(&haproxy, "s1") > before
     });
 
-    let r = report(bench);
+    let r = finished(bench);
     assert_eq!(count(&r, "errors"), 0, "{r}");
     assert_eq!(count(&r, "replaced"), 0, "{r}");
     assert!(count(&r, "msgs") > 100, "{r}");
@@ -158,17 +135,13 @@ fn without_drain_delay_or_health_checks_failures_are_counted_by_kind() {
     let (mut s1, a1, _) = serve("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", &[]);
     let (_s2, a2, _) = serve("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", &[]);
     let haproxy = HaProxy::start(1, |ports| {
-        format!(
-            "frontend fe\n\
-             \x20   bind 127.0.0.1:{}\n\
-             \x20   default_backend be\n\
-             \n\
-             backend be\n\
-             \x20   balance roundrobin\n\
-             \x20   server s1 {a1}\n\
-             \x20   server s2 {a2}\n",
-            ports[0]
-        )
+        frontend(ports[0], "", "")
+            + &format!(
+                "backend be\n\
+                 \x20   balance roundrobin\n\
+                 \x20   server s1 {a1}\n\
+                 \x20   server s2 {a2}\n"
+            )
     });
     let bench = start_bench(&haproxy);
     thread::sleep(Duration::from_secs(1));
@@ -176,7 +149,7 @@ fn without_drain_delay_or_health_checks_failures_are_counted_by_kind() {
     assert!(s1.wait().success(), "s1: {}", s1.stderr());
     // s1 stays down: HAProxy, with no check, keeps sending it connections, retries
     // each (3 times, a second apart), then closes the client's connection.
-    let r = report(bench);
+    let r = finished(bench);
     let errors = count(&r, "errors");
     assert!(errors > 0, "{r}");
     assert_eq!(

@@ -5,19 +5,20 @@
 pub mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use util::balancer::free_ports;
 use util::child::{Proc, bin};
 use util::fs::TempDir;
-use util::net::DEADLINE;
+use util::net::{DEADLINE, connect, wait_for};
 
 /// The activator; a missing one fails the test (install the `systemd` package).
 fn activator() -> PathBuf {
@@ -112,20 +113,19 @@ impl Activated {
     }
 
     /// SIGTERM, then the exit status (the activator exec'd the server: same pid).
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    fn terminate(&mut self) -> ExitStatus {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                return st;
+        self.exited("an exit after SIGTERM")
+    }
+
+    /// The exit status, once the process has exited on its own (`what`).
+    fn exited(&mut self, what: &str) -> ExitStatus {
+        wait_for(what, Duration::from_millis(10), || {
+            match self.child.try_wait().expect("wait") {
+                Some(status) => Ok(status),
+                None => Err(format!("stderr: {}", self.stderr_now())),
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "no exit after SIGTERM; stderr: {}",
-                self.stderr_now()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        })
     }
 }
 
@@ -142,10 +142,7 @@ impl Drop for Activated {
 /// again if someone takes it before the activator binds it.
 fn activate_on_free_port(flags: &[&str], serve: &[&str]) -> (Activated, u16) {
     for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_ports(1)[0];
         let addr = format!("127.0.0.1:{port}");
         let mut args = flags.to_vec();
         args.extend(["-l", &addr]);
@@ -174,8 +171,7 @@ fn read_line_from(s: &mut impl Read) -> String {
 #[test]
 fn a_tcp_socket_from_systemd_socket_activate_is_served_with_the_options_in_its_name() {
     let (mut a, port) = activate_on_free_port(&["--fdname=echo?mode=line"], &["--prefix", "> "]);
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut s = connect(([127, 0, 0, 1], port).into());
     s.write_all(b"hello\n").expect("write");
     assert_eq!(a.ready_line(), format!("listening tcp://127.0.0.1:{port}"));
     assert_eq!(read_line_from(&mut s), "> hello\n", "{}", a.stderr_now());
@@ -227,14 +223,7 @@ fn a_udp_socket_from_systemd_socket_activate_echoes_the_datagram_that_woke_it() 
 fn bad_options_in_a_socket_name_are_a_configuration_error() {
     let (mut a, port) = activate_on_free_port(&["--fdname=echo?colour=red"], &[]);
     let _s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = a.child.try_wait().expect("wait") {
-            break st;
-        }
-        assert!(start.elapsed() < DEADLINE, "still running");
-        thread::sleep(Duration::from_millis(10));
-    };
+    let status = a.exited("the server to refuse its options and exit");
     assert_eq!(status.code(), Some(2), "{}", a.stderr_now());
     assert!(
         a.stderr_now().contains("unknown parameter 'colour'"),
@@ -263,21 +252,15 @@ fn notify_socket_gets_ready_status_and_stopping() {
             .collect()
     };
 
-    let mut cmd = Command::new(bin());
-    cmd.args([
-        "serve",
-        "--listen",
-        "tcp://127.0.0.1:0",
-        "--drain-delay",
-        "1",
-    ])
-    .env("NOTIFY_SOCKET", &path);
-    let mut server = Proc::spawn(cmd, 1);
+    let mut server = Proc::serve_env(
+        &[("NOTIFY_SOCKET", path.to_str().expect("a UTF-8 path"))],
+        &["--listen", "tcp://127.0.0.1:0", "--drain-delay", "1"],
+        1,
+    );
     let ready = next();
     assert!(ready.contains(&"READY=1".to_string()), "{ready:?}");
 
-    let mut s = TcpStream::connect(server.addr(0)).expect("connect");
-    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut s = connect(server.addr(0));
     s.write_all(b"x\n").expect("write");
     assert_eq!(read_line_from(&mut s), "x\n");
     let status = loop {

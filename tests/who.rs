@@ -9,13 +9,10 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
-use std::sync::Arc;
 
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use util::child::{Proc, bin, expect_failure};
 use util::fs::TempDir;
-use util::net::{DEADLINE, connect, exchange, pattern, read_n, read_to_eof};
+use util::net::{DEADLINE, connect, exchange, pattern, read_n, read_to_eof, write_in_background};
 use util::pki::Pki;
 
 /// The who line's pairs, in order. Panics unless it is one line of `key=value` pairs
@@ -80,10 +77,7 @@ fn who_over_tcp_names_the_client_this_end_the_listener_host_worker_and_conn() {
         );
         assert_eq!(value(&p, "peer"), me.to_string());
         assert_eq!(value(&p, "local"), server.addr(0).to_string());
-        assert_eq!(
-            value(&p, "listener"),
-            server.ready[0].strip_prefix("listening ").unwrap()
-        );
+        assert_eq!(value(&p, "listener"), server.url(0));
         assert_eq!(value(&p, "host"), hostname());
         assert_eq!(value(&p, "worker"), "0");
         assert_eq!(value(&p, "conn"), n.to_string());
@@ -196,14 +190,9 @@ fn tls_who(pki: &Pki, client_ca: bool, identity: bool) -> Vec<(String, String)> 
         cmd.arg("--tls-client-ca").arg(&pki.ca);
     }
     let server = Proc::spawn(cmd, 1);
-    let id = identity.then_some((pki.client_cert.as_path(), pki.client_key.as_path()));
-    let config: Arc<ClientConfig> =
-        sockloop::tls::client_config(Some(&pki.ca), id).expect("client TLS config");
     let tcp = connect(server.addr(0));
     let me = tcp.local_addr().unwrap();
-    let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
-        .expect("client connection");
-    let mut s = StreamOwned::new(conn, tcp);
+    let mut s = pki.client_stream(identity, tcp);
     let mut got = Vec::new();
     s.read_to_end(&mut got)
         .unwrap_or_else(|e| panic!("no clean close_notify after {got:?}: {e}"));
@@ -278,12 +267,7 @@ fn a_banner_with_every_placeholder_comes_before_a_byte_exact_echo() {
             )
         );
         // Echo after the banner: every byte back, nothing added, nothing lost.
-        let data = pattern(100_000, n);
-        let mut w = s.try_clone().unwrap();
-        let writer = std::thread::spawn(move || {
-            w.write_all(&data)?;
-            w.shutdown(Shutdown::Write)
-        });
+        let writer = write_in_background(&s, pattern(100_000, n), true);
         let mut back = Vec::new();
         r.read_to_end(&mut back).expect("the echo");
         writer.join().unwrap().expect("write");

@@ -10,17 +10,18 @@
 //! passes without having run would say something that was never checked.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
+use super::child::{collect_lines, require};
 use super::fs::TempDir;
-use super::net::DEADLINE;
+use super::net::{DEADLINE, wait_for, wait_until};
 use super::procfs;
 
 /// Where Debian's `libnginx-mod-stream` puts the stream module.
@@ -29,32 +30,6 @@ pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.
 /// How many times a start is tried with fresh ports before a bind failure fails the
 /// test.
 const ATTEMPTS: usize = 5;
-
-/// The path of `program`, found on `PATH` or in the `sbin` directories where Debian
-/// puts daemons (not on every user's `PATH`); fails the test, naming the package to
-/// install, unless it is there and runs.
-pub fn require(program: &str, version_flag: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
-    let found = dirs
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .filter(|p| {
-            Command::new(p)
-                .arg(version_flag)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-    found.unwrap_or_else(|| {
-        panic!(
-            "{program} is not installed, and this test needs it: apt-get install {package} \
-             (.ci/run installs it)"
-        )
-    })
-}
 
 /// `n` distinct loopback ports that were free a moment ago. All are held at once so
 /// that the kernel does not hand out one twice.
@@ -73,20 +48,9 @@ struct Running {
     child: Child,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
-}
-
-/// Appends every line from `pipe` to a shared string, on a thread of its own.
-fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let sink = Arc::new(Mutex::new(String::new()));
-    let s = sink.clone();
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            let mut s = s.lock().unwrap();
-            s.push_str(&line);
-            s.push('\n');
-        }
-    });
-    sink
+    /// The threads reading the two pipes; they end when the process has exited and
+    /// everything it wrote has been read.
+    readers: [JoinHandle<()>; 2],
 }
 
 impl Running {
@@ -97,12 +61,13 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        let out: ChildStdout = child.stdout.take().unwrap();
-        let err: ChildStderr = child.stderr.take().unwrap();
+        let (stdout, out_reader) = collect_lines(child.stdout.take().unwrap());
+        let (stderr, err_reader) = collect_lines(child.stderr.take().unwrap());
         Running {
             child,
-            stdout: collect(out),
-            stderr: collect(err),
+            stdout,
+            stderr,
+            readers: [out_reader, err_reader],
         }
     }
 
@@ -117,23 +82,23 @@ impl Running {
     /// Polls until `ready` holds. `Err` with the log when the process exited first (a
     /// port taken, a bad configuration); fails the test at the deadline.
     fn wait_ready(&mut self, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), String> {
-        let start = Instant::now();
-        loop {
+        let exited = wait_for(what, Duration::from_millis(20), || {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                // The pipes may still hold the last words.
-                thread::sleep(Duration::from_millis(50));
-                return Err(format!("{what} exited ({status}); {}", self.output()));
+                return Ok(Some(status));
             }
             if ready() {
-                return Ok(());
+                return Ok(None);
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "{what} was not ready within {DEADLINE:?}; {}",
-                self.output()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+            Err(format!("not ready within {DEADLINE:?}; {}", self.output()))
+        });
+        let Some(status) = exited else {
+            return Ok(());
+        };
+        // Its last words (why it exited) are read once the pipes are at their end.
+        wait_until(&format!("the rest of {what}'s output"), || {
+            self.readers.iter().all(JoinHandle::is_finished)
+        });
+        Err(format!("{what} exited ({status}); {}", self.output()))
     }
 }
 
@@ -141,6 +106,32 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `127.0.0.1:port`: every balancer here listens on loopback.
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A balancer that has started: the ports it listens on, its configuration, the
+/// process, and the directory of its files (removed when dropped). HAProxy and nginx
+/// both keep these, and answer for them alike.
+struct Started {
+    ports: Vec<u16>,
+    config: String,
+    running: Running,
+    _dir: TempDir,
+}
+
+impl Started {
+    fn addr(&self, i: usize) -> SocketAddr {
+        loopback(self.ports[i])
+    }
+
+    /// The configuration and what the process wrote so far, for failure messages.
+    fn output(&self) -> String {
+        format!("config:\n{}\n{}", self.config, self.running.output())
     }
 }
 
@@ -166,11 +157,8 @@ fn start_on_free_ports<T>(
 
 /// HAProxy in the foreground (`-db`), with an admin stats socket in its directory.
 pub struct HaProxy {
-    ports: Vec<u16>,
     socket: PathBuf,
-    config: String,
-    running: Running,
-    _dir: TempDir,
+    started: Started,
 }
 
 /// One server of a backend as `show servers state` gives it.
@@ -222,29 +210,31 @@ impl HaProxy {
             let mut running = Running::spawn(cmd);
             running.wait_ready("haproxy", || query(&socket, "show info").is_ok())?;
             Ok(HaProxy {
-                ports: ports.to_vec(),
                 socket,
-                config,
-                running,
-                _dir: dir,
+                started: Started {
+                    ports: ports.to_vec(),
+                    config,
+                    running,
+                    _dir: dir,
+                },
             })
         })
     }
 
     /// The address of frontend port `i`.
     pub fn addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+        self.started.addr(i)
     }
 
     /// Its configuration and what it logged on stdout (`log stdout`) and stderr so
     /// far, for failure messages.
     pub fn output(&self) -> String {
-        format!("config:\n{}\n{}", self.config, self.running.output())
+        self.started.output()
     }
 
     /// Its stdout alone: the traffic log.
     pub fn stdout(&self) -> String {
-        self.running.stdout.lock().unwrap().clone()
+        self.started.running.stdout.lock().unwrap().clone()
     }
 
     /// Runs one command on the stats socket and returns its answer.
@@ -323,8 +313,8 @@ impl HaProxy {
     /// the start, before any check ran, so UP alone would prove nothing: the check
     /// status (`L4OK`, `L7OK`) says a check has succeeded.
     pub fn wait_backend_up(&self, backend: &str, count: usize) {
-        let start = Instant::now();
-        loop {
+        let what = format!("all {count} servers of backend {backend} up and checked");
+        wait_for(&what, Duration::from_millis(50), || {
             let states: Vec<ServerState> = self
                 .servers_state()
                 .into_iter()
@@ -343,16 +333,24 @@ impl HaProxy {
                 && stats.len() == count
                 && checked
             {
-                return;
+                return Ok(());
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "backend {backend}: not all {count} servers up and checked: {states:?}\n{stats:?}\n{}",
-                self.output()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+            Err(format!("{states:?}\n{stats:?}\n{}", self.output()))
+        });
     }
+}
+
+/// The TCP frontend `fe` of a configuration: bound to `127.0.0.1:port` with
+/// `bind_options`, then the lines of `extra`, handing every connection to the backend
+/// `be` that the caller writes after it.
+pub fn frontend(port: u16, bind_options: &str, extra: &str) -> String {
+    format!(
+        "frontend fe\n\
+         \x20   bind 127.0.0.1:{port} {bind_options}\n\
+         {extra}\
+         \x20   default_backend be\n\
+         \n"
+    )
 }
 
 /// One command on HAProxy's stats socket: the command and a newline, then everything
@@ -370,10 +368,7 @@ pub fn query(socket: &Path, cmd: &str) -> std::io::Result<String> {
 /// nginx with the stream module, one process (`master_process off`, so that killing
 /// it leaves no worker behind), everything it writes kept in its directory.
 pub struct Nginx {
-    ports: Vec<u16>,
-    config: String,
-    running: Running,
-    _dir: TempDir,
+    started: Started,
 }
 
 impl Nginx {
@@ -415,31 +410,30 @@ impl Nginx {
                 .arg(&file)
                 .args(["-g", "daemon off;"]);
             let mut running = Running::spawn(cmd);
-            let addrs: Vec<SocketAddr> = ports
-                .iter()
-                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
-                .collect();
+            let addrs: Vec<SocketAddr> = ports.iter().map(|p| loopback(*p)).collect();
             let pid = running.child.id();
             running.wait_ready("nginx", || {
                 addrs.iter().all(|a| procfs::listens_on(pid, *a))
             })?;
             Ok(Nginx {
-                ports: ports.to_vec(),
-                config,
-                running,
-                _dir: dir,
+                started: Started {
+                    ports: ports.to_vec(),
+                    config,
+                    running,
+                    _dir: dir,
+                },
             })
         })
     }
 
     /// The address of listening port `i`.
     pub fn addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+        self.started.addr(i)
     }
 
     /// Its configuration and what it wrote so far (its error log goes to stderr), for
     /// failure messages.
     pub fn output(&self) -> String {
-        format!("config:\n{}\n{}", self.config, self.running.output())
+        self.started.output()
     }
 }

@@ -1,12 +1,13 @@
 //! The `sockloop` binary as a child process: started, read, signalled and measured.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -34,6 +35,98 @@ pub fn run_bin(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run sockloop")
+}
+
+/// Runs `sockloop send ARGS`, which must succeed; returns what came back (stdout).
+pub fn send_ok(args: &[&str]) -> Vec<u8> {
+    let out = run_bin(&[&["send"], args].concat());
+    assert!(
+        out.status.success(),
+        "send {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Starts `sockloop ARGS` with stdout and stderr piped, for a run that goes on in the
+/// background while the test does something else (another run, a signal).
+pub fn spawn_bin(args: &[&str]) -> Child {
+    Command::new(bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start sockloop {args:?}: {e}"))
+}
+
+/// Runs `cmd` to completion with `input` on its standard input, written from another
+/// thread: a program that echoes its input back could otherwise fill its stdout pipe
+/// while the test still writes, and both would wait for ever.
+pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = input.to_vec();
+    let writer = thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("wait for the command");
+    writer
+        .join()
+        .expect("the stdin writer")
+        .expect("stdin written");
+    out
+}
+
+/// [`run_with_stdin`] of `sockloop ARGS`.
+pub fn run_bin_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    run_with_stdin(cmd, input)
+}
+
+/// The path of `program`, found on `PATH` or in the `sbin` directories where Debian
+/// puts daemons (not on every user's `PATH`); fails the test, naming the package to
+/// install, unless it is there and runs: a test that passed without the program it
+/// needs would say something that was never checked.
+pub fn require(program: &str, version_flag: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
+    let found = dirs
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .filter(|p| {
+            Command::new(p)
+                .arg(version_flag)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    found.unwrap_or_else(|| {
+        panic!(
+            "{program} is not installed, and this test needs it: apt-get install {package} \
+             (.ci/run installs it)"
+        )
+    })
+}
+
+/// Appends every line read from `pipe` to a shared string, on a thread of its own, so
+/// that a child's output can be read while it runs. The thread ends at EOF.
+pub fn collect_lines(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<()>) {
+    let sink = Arc::new(Mutex::new(String::new()));
+    let s = sink.clone();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = s.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    (sink, reader)
 }
 
 /// Runs `sockloop ARGS`, which must fail with exit `code`, say `needle` on stderr and
@@ -81,6 +174,22 @@ impl Proc {
         )
     }
 
+    /// Starts `sockloop serve ARGS` with the variables `env` set (a `RUST_LOG` among
+    /// them replaces the default, `info`) and waits for `listeners` ready lines: the
+    /// count is the caller's, as the listeners may come from a variable.
+    pub fn serve_env(env: &[(&str, &str)], args: &[&str], listeners: usize) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").args(args).envs(env.iter().copied());
+        Self::spawn(cmd, listeners)
+    }
+
+    /// [`Proc::serve`] with the debug log, whose lines name each connection's client
+    /// (and the balancer that passed it on), which the PROXY protocol tests look for.
+    pub fn serve_debug(args: &[&str]) -> Proc {
+        let listeners = args.iter().filter(|a| **a == "--listen").count().max(1);
+        Self::serve_env(&[("RUST_LOG", "debug")], args, listeners)
+    }
+
     /// Starts a prepared command and waits for `listeners` ready lines on stdout.
     pub fn spawn(mut cmd: Command, listeners: usize) -> Proc {
         let set_here = cmd.get_envs().any(|(k, _)| k == "RUST_LOG");
@@ -93,18 +202,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn sockloop");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let sink = stderr.clone();
-            let pipe = child.stderr.take().unwrap();
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap();
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
+        let (stderr, _) = collect_lines(child.stderr.take().unwrap());
         let (tx, rx) = mpsc::channel();
         let stdout_rest = Arc::new(Mutex::new(String::new()));
         {
@@ -151,12 +249,28 @@ impl Proc {
         Pid::from_raw(self.child.id() as i32)
     }
 
+    /// The URL from ready line `i` (`listening URL`), as bound: any scheme.
+    pub fn url(&self, i: usize) -> String {
+        self.ready[i]
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("not a ready line: {}", self.ready[i]))
+            .to_string()
+    }
+
     /// The address from ready line `i` (`listening tcp://...`).
     pub fn addr(&self, i: usize) -> SocketAddr {
-        let url = self.ready[i]
-            .strip_prefix("listening ")
-            .expect("a ready line");
-        sockaddr(&url.parse().expect("a URL in the ready line"))
+        sockaddr(&self.url(i).parse().expect("a URL in the ready line"))
+    }
+
+    /// The address of the metrics listener, from the ready line that follows the
+    /// listeners' (`metrics tcp://...`): started with `--metrics` and one more ready
+    /// line than listeners.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let line = self.ready.last().expect("ready lines");
+        line.strip_prefix("metrics tcp://")
+            .unwrap_or_else(|| panic!("not a metrics line: {line}"))
+            .parse()
+            .expect("an address in the metrics line")
     }
 
     pub fn signal(&self, sig: Signal) {

@@ -1,10 +1,12 @@
 //! Helpers shared by the integration tests, one module per concern:
 //!
-//! - [`net`]: blocking clients that never hang a test forever, byte patterns, and
-//!   [`net::wait_until`] with its [`net::DEADLINE`].
+//! - [`net`]: blocking clients that never hang a test forever (HTTP `GET` among
+//!   them), byte patterns, and [`net::wait_until`] and [`net::wait_for`] with their
+//!   [`net::DEADLINE`].
 //! - [`fs`]: a temporary directory for socket files and certificates.
 //! - [`server`]: the library's loop running on a thread of the test.
-//! - [`child`]: the `sockloop` binary as a child process, and its `stats` lines.
+//! - [`child`]: the `sockloop` binary as a child process, and its `stats` lines; the
+//!   other programs a test needs ([`child::require`]), and feeding a child's stdin.
 //! - [`procfs`]: readers of `/proc` (memory, CPU time, socket tables) that fail the
 //!   test when they cannot measure.
 //! - [`pki`]: certificates made at run time for the TLS tests.

@@ -28,6 +28,51 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `probe` every `every` until it returns `Ok`, and returns what it held. At
+/// [`DEADLINE`] the test fails naming `what` with the last `Err`: the state or the log
+/// that shows why the wait failed, which a bare "timed out" would not.
+pub fn wait_for<T>(what: &str, every: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(t) => return t,
+            Err(why) => assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}: {why}"
+            ),
+        }
+        thread::sleep(every);
+    }
+}
+
+/// `GET path` over HTTP/1.0 (the write side shut after the request, the answer read
+/// until the server closes): the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, DEADLINE)
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    http_response(&response)
+}
+
+/// The status code and the body of an HTTP response; fails the test unless it has a
+/// status line.
+pub fn http_response(response: &str) -> (u16, String) {
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Deterministic pseudo-random bytes (xorshift), different for each seed.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

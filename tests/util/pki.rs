@@ -2,7 +2,11 @@
 //! `127.0.0.1` and `::1`, a client certificate, and an unrelated CA. Nothing is
 //! committed to the repository; every run has fresh keys.
 
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -79,5 +83,25 @@ impl Pki {
             stranger_cert: write("stranger.pem", &xc),
             stranger_key: write("stranger.key", &xk),
         }
+    }
+
+    /// A rustls client session for `localhost` that trusts this CA and, when
+    /// `identity`, shows the client certificate: the client side of every TLS test
+    /// that drives the session itself.
+    pub fn client_session(&self, identity: bool) -> ClientConnection {
+        let id = identity.then_some((self.client_cert.as_path(), self.client_key.as_path()));
+        let config = sockloop::tls::client_config(Some(&self.ca), id).expect("client TLS config");
+        ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
+            .expect("client connection")
+    }
+
+    /// [`Pki::client_session`] over `tcp`, as a blocking stream (the handshake runs on
+    /// first use).
+    pub fn client_stream(
+        &self,
+        identity: bool,
+        tcp: TcpStream,
+    ) -> StreamOwned<ClientConnection, TcpStream> {
+        StreamOwned::new(self.client_session(identity), tcp)
     }
 }
