@@ -123,6 +123,15 @@ fn a_run_is_drawn_over_time_and_by_percentile() {
         .collect();
     for i in 0..rates.len() {
         for j in 0..rates.len() {
+            // Every pair: never lower for a rate at least as high (within the pixel
+            // the coordinates are rounded to)...
+            if rates[i] >= rates[j] {
+                assert!(
+                    throughput[i].1 <= throughput[j].1 + 1.0,
+                    "{rates:?} drawn as {throughput:?}"
+                );
+            }
+            // ...and higher for a rate clearly higher.
             if rates[i] > rates[j] * 1.02 {
                 assert!(
                     throughput[i].1 < throughput[j].1,
@@ -147,6 +156,8 @@ fn a_run_is_drawn_over_time_and_by_percentile() {
             count(&intervals[i], "p50_us"),
             count(&intervals[i], "p99_us"),
         );
+        // p99 is never below p50, and is never drawn lower (within a pixel).
+        assert!(b.1 <= a.1 + 1.0, "interval {i}: p50 at {a:?}, p99 at {b:?}");
         if v99 > v50 {
             assert!(
                 b.1 < a.1,
